@@ -1,0 +1,172 @@
+//! Task events and the listeners that receive them.
+//!
+//! Every status change and every agent response becomes one immutable [`TaskEvent`], numbered
+//! per task (`task_seq`) and globally (`global_seq`) while the registry lock is held, so the
+//! numbers follow the real order. Listeners (the SSE hub, tests, metrics) each get their own
+//! bounded queue and their own thread: publishing is a `try_send` that never blocks the
+//! response thread, events of a task arrive in order, a listener that falls behind loses
+//! events and is told how many (`Delivery::Lagged`), and a panicking listener is logged and
+//! keeps running. The original handed each listener a shared, mutable task in a new goroutine
+//! per event, which reordered events and raced with later updates.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use crossbeam_channel::{bounded, Sender, TrySendError};
+use parking_lot::Mutex;
+
+use super::model::{ReportStatus, TaskId, TaskStatus};
+
+/// One thing that happened to a task, as listeners and SSE clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskEvent {
+    /// Position among all events of the server (0 for replayed history).
+    pub global_seq: u64,
+    /// Position among the events of this task, from 1.
+    pub task_seq: u64,
+    /// The task.
+    pub task_id: TaskId,
+    /// The agent that runs it.
+    pub agent_id: Arc<str>,
+    /// When the manager recorded it.
+    pub at: SystemTime,
+    /// What happened.
+    pub kind: EventKind,
+}
+
+/// The two kinds of event: the SSE event names `status` and `response`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// The task's status changed (including timeout and cancelled, which no agent reports).
+    Status {
+        /// The new status.
+        status: TaskStatus,
+        /// Why, for failed, timeout and cancelled.
+        reason: Option<Arc<str>>,
+    },
+    /// The agent sent a response.
+    Output {
+        /// The response's status.
+        status: ReportStatus,
+        /// Whether it was the agent's last response.
+        is_final: bool,
+        /// Whether the agent said it was cancelled.
+        cancelled: bool,
+        /// Standard output chunk.
+        stdout: String,
+        /// Standard error chunk.
+        stderr: String,
+        /// Exit code on a final response.
+        exit_code: Option<i32>,
+    },
+}
+
+impl TaskEvent {
+    /// True for the event after which a task produces nothing more: a final status.
+    pub fn ends_task(&self) -> bool {
+        matches!(self.kind, EventKind::Status { status, .. } if status.is_final())
+    }
+}
+
+/// What a listener is handed.
+#[derive(Debug)]
+pub enum Delivery {
+    /// The next event.
+    Event(Arc<TaskEvent>),
+    /// This many events were dropped because the listener's queue was full.
+    Lagged(u64),
+}
+
+/// A listener callback, run on its own thread.
+pub type Listener = Box<dyn FnMut(Delivery) + Send>;
+
+struct Slot {
+    name: String,
+    tx: Sender<Arc<TaskEvent>>,
+    lagged: Arc<AtomicU64>,
+}
+
+/// The registered listeners and their threads.
+pub struct ListenerSet {
+    slots: Mutex<Vec<Slot>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    queue: usize,
+    dropped: AtomicU64,
+}
+
+impl ListenerSet {
+    /// An empty set whose listeners each get a queue of `queue` events.
+    pub fn new(queue: usize) -> Self {
+        ListenerSet {
+            slots: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+            queue: queue.max(1),
+            dropped: AtomicU64::new(0),
+        }
+    }
+
+    /// Starts a listener on its own thread.
+    pub fn add(&self, name: &str, mut listener: Listener) -> std::io::Result<()> {
+        let (tx, rx) = bounded::<Arc<TaskEvent>>(self.queue);
+        let lagged = Arc::new(AtomicU64::new(0));
+        let lag = lagged.clone();
+        let thread_name = format!("nl-listen-{name}");
+        let label = name.to_string();
+        let handle = std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                for event in rx.iter() {
+                    let missed = lag.swap(0, Ordering::Relaxed);
+                    if missed > 0 {
+                        deliver(&label, &mut listener, Delivery::Lagged(missed));
+                    }
+                    deliver(&label, &mut listener, Delivery::Event(event));
+                }
+            })?;
+        self.slots.lock().push(Slot {
+            name: name.to_string(),
+            tx,
+            lagged,
+        });
+        self.threads.lock().push(handle);
+        Ok(())
+    }
+
+    /// Hands an event to every listener without ever blocking.
+    pub fn publish(&self, event: &Arc<TaskEvent>) {
+        for slot in self.slots.lock().iter() {
+            match slot.tx.try_send(event.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    slot.lagged.fetch_add(1, Ordering::Relaxed);
+                    self.dropped.fetch_add(1, Ordering::Relaxed);
+                    log::debug!("listener {} is behind; dropped an event", slot.name);
+                }
+                Err(TrySendError::Disconnected(_)) => {}
+            }
+        }
+    }
+
+    /// Events dropped for listeners that fell behind, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Closes every queue and waits for the listener threads to finish what they hold.
+    pub fn shutdown(&self) {
+        self.slots.lock().clear();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn deliver(name: &str, listener: &mut Listener, delivery: Delivery) {
+    if catch_unwind(AssertUnwindSafe(|| listener(delivery))).is_err() {
+        log::error!("listener {name} panicked; it keeps receiving events");
+    }
+}

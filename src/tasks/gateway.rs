@@ -1,0 +1,18 @@
+//! The manager's only way down to agents. The agent link implements it; tests implement it
+//! with a recording fake. Calls must return at once: they run on HTTP, timer and response
+//! threads and must never wait for a slow peer.
+
+use super::model::AgentCommand;
+
+/// Why a command could not be handed to an agent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayError {
+    /// The agent has no open stream.
+    NotConnected,
+}
+
+/// Hands commands to connected agents.
+pub trait AgentGateway: Send + Sync + 'static {
+    /// Queues `command` on the agent's stream without blocking.
+    fn dispatch(&self, agent_id: &str, command: AgentCommand) -> Result<(), GatewayError>;
+}

@@ -1,0 +1,249 @@
+//! The task registry: every known task by id, plus the orderings that make listing, eviction
+//! and the sweep cheap. Owned by `TaskManager` behind one `parking_lot::RwLock`; this module
+//! holds no lock itself and never blocks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::model::{TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus};
+use super::output::OutputLog;
+use crate::timer::TimerKey;
+
+/// One task's mutable state. Only `TaskManager` changes it, through `transition::next`.
+#[derive(Debug)]
+pub struct Task {
+    /// The task's id.
+    pub id: TaskId,
+    /// The agent that runs it.
+    pub agent_id: Arc<str>,
+    /// What it runs.
+    pub spec: TaskSpec,
+    /// Current status; written only by `TaskManager::set_status`.
+    pub status: TaskStatus,
+    /// Registration time.
+    pub created_at: SystemTime,
+    /// Last change.
+    pub updated_at: SystemTime,
+    /// When it became final.
+    pub finished_at: Option<SystemTime>,
+    /// Monotonic twin of `finished_at`, for the sweep.
+    pub finished_instant: Option<Instant>,
+    /// Deadline from creation.
+    pub timeout: Duration,
+    /// Exit code reported by the agent.
+    pub exit_code: Option<i32>,
+    /// Why it failed, timed out or was cancelled.
+    pub error: Option<Arc<str>>,
+    /// Output and event history.
+    pub output: OutputLog,
+    /// Pending timeout timer.
+    pub timeout_timer: Option<TimerKey>,
+    order: u64,
+    finish_order: Option<u64>,
+}
+
+impl Task {
+    /// A new task in status `created`.
+    pub fn new(
+        id: TaskId,
+        agent_id: Arc<str>,
+        spec: TaskSpec,
+        timeout: Duration,
+        output_cap: usize,
+    ) -> Self {
+        let now = SystemTime::now();
+        Task {
+            id,
+            agent_id,
+            spec,
+            status: TaskStatus::Created,
+            created_at: now,
+            updated_at: now,
+            finished_at: None,
+            finished_instant: None,
+            timeout,
+            exit_code: None,
+            error: None,
+            output: OutputLog::new(output_cap),
+            timeout_timer: None,
+            order: 0,
+            finish_order: None,
+        }
+    }
+
+    /// An immutable copy for readers; output included only when asked for.
+    pub fn snapshot(&self, with_output: bool) -> TaskSnapshot {
+        TaskSnapshot {
+            id: self.id,
+            agent_id: self.agent_id.clone(),
+            spec: self.spec.clone(),
+            status: self.status,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            finished_at: self.finished_at,
+            timeout: self.timeout,
+            exit_code: self.exit_code,
+            error: self.error.as_ref().map(|e| e.to_string()),
+            output: with_output.then(|| self.output.snapshot()),
+        }
+    }
+}
+
+/// What inserting a task did to make room.
+#[derive(Debug, Default)]
+pub struct Inserted {
+    /// Finished tasks evicted to make room.
+    pub evicted: usize,
+}
+
+/// The registry holds its maximum of unfinished tasks.
+#[derive(Debug)]
+pub struct Full;
+
+/// All tasks, with creation order, finish order and per-agent routing.
+#[derive(Debug, Default)]
+pub struct Registry {
+    tasks: HashMap<TaskId, Task>,
+    by_creation: BTreeMap<u64, TaskId>,
+    by_finish: BTreeMap<u64, TaskId>,
+    routes: HashMap<Arc<str>, HashSet<TaskId>>,
+    next_order: u64,
+}
+
+impl Registry {
+    /// Number of tasks held.
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Adds a task, evicting the oldest finished ones when `max` are held; refuses when
+    /// every held task is unfinished.
+    pub fn insert(&mut self, mut task: Task, max: usize) -> Result<Inserted, Full> {
+        let mut evicted = 0;
+        while self.tasks.len() >= max {
+            let Some((_, oldest)) = self.by_finish.pop_first() else {
+                return Err(Full);
+            };
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        self.next_order += 1;
+        task.order = self.next_order;
+        self.by_creation.insert(task.order, task.id);
+        self.routes
+            .entry(task.agent_id.clone())
+            .or_default()
+            .insert(task.id);
+        self.tasks.insert(task.id, task);
+        Ok(Inserted { evicted })
+    }
+
+    /// Looks a task up.
+    pub fn get(&self, id: &TaskId) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    /// Looks a task up for change.
+    pub fn get_mut(&mut self, id: &TaskId) -> Option<&mut Task> {
+        self.tasks.get_mut(id)
+    }
+
+    /// Records that a task just became final (its status is already set).
+    pub fn mark_finished(&mut self, id: &TaskId) {
+        self.next_order += 1;
+        let order = self.next_order;
+        if let Some(task) = self.tasks.get_mut(id) {
+            let now = SystemTime::now();
+            task.finished_at = Some(now);
+            task.updated_at = now;
+            task.finished_instant = Some(Instant::now());
+            task.finish_order = Some(order);
+            self.by_finish.insert(order, *id);
+        }
+    }
+
+    /// Ends the live routing of a finished task to its agent (after the clean-up delay).
+    pub fn unroute(&mut self, id: &TaskId) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        if let Some(set) = self.routes.get_mut(&task.agent_id) {
+            set.remove(id);
+            if set.is_empty() {
+                self.routes.remove(&task.agent_id);
+            }
+        }
+    }
+
+    /// Unfinished tasks routed to `agent_id`.
+    pub fn unfinished_of(&self, agent_id: &str) -> Vec<TaskId> {
+        self.routes
+            .get(agent_id)
+            .map(|set| {
+                set.iter()
+                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.status.is_final()))
+                    .copied()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Number of unfinished tasks routed to each agent.
+    pub fn running_per_agent(&self) -> HashMap<Arc<str>, usize> {
+        self.routes
+            .iter()
+            .map(|(agent, set)| {
+                let n = set
+                    .iter()
+                    .filter(|id| self.tasks.get(id).is_some_and(|t| !t.status.is_final()))
+                    .count();
+                (agent.clone(), n)
+            })
+            .collect()
+    }
+
+    /// Snapshots matching `filter`, newest first.
+    pub fn list(&self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        self.by_creation
+            .values()
+            .rev()
+            .filter_map(|id| self.tasks.get(id))
+            .filter(|t| filter.status.is_none_or(|s| t.status == s))
+            .filter(|t| filter.agent_id.as_deref().is_none_or(|a| &*t.agent_id == a))
+            .take(limit)
+            .map(|t| t.snapshot(false))
+            .collect()
+    }
+
+    /// Removes finished tasks that finished before `cutoff`; returns how many.
+    pub fn remove_finished_before(&mut self, cutoff: Instant) -> usize {
+        let mut doomed = Vec::new();
+        for id in self.by_finish.values() {
+            match self.tasks.get(id).and_then(|t| t.finished_instant) {
+                Some(at) if at < cutoff => doomed.push(*id),
+                _ => break,
+            }
+        }
+        for id in &doomed {
+            self.remove(id);
+        }
+        doomed.len()
+    }
+
+    fn remove(&mut self, id: &TaskId) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        self.by_creation.remove(&task.order);
+        if let Some(f) = task.finish_order {
+            self.by_finish.remove(&f);
+        }
+        if let Some(set) = self.routes.get_mut(&task.agent_id) {
+            set.remove(id);
+            if set.is_empty() {
+                self.routes.remove(&task.agent_id);
+            }
+        }
+        Some(task)
+    }
+}
