@@ -1,0 +1,135 @@
+//! The directory of connected agents: one live session per agent id, and the
+//! [`AgentGateway`] the task manager sends through.
+//!
+//! Each session owns an unbounded futures channel to the session's writer future, which runs
+//! on a grpcio completion-queue thread and feeds the agent's stream. Queueing is therefore
+//! non-blocking for callers (HTTP, timer and response threads); the queue is bounded in
+//! practice by the task registry's bound, since each task sends at most a run and a cancel.
+//! A second connection with the same agent id replaces the first: dropping the old sender
+//! ends the old writer, which closes that call cleanly.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
+use parking_lot::RwLock;
+
+use super::convert::request_from_command;
+use crate::proto::TaskRequest;
+use crate::tasks::{AgentCommand, AgentGateway, GatewayError};
+
+/// A connected agent as readers see it.
+#[derive(Clone, Debug)]
+pub struct AgentInfo {
+    /// The agent's id.
+    pub agent_id: Arc<str>,
+    /// When its current stream opened.
+    pub connected_at: SystemTime,
+    /// Its address as gRPC reports it (e.g. `ipv4:127.0.0.1:50312`).
+    pub peer: String,
+}
+
+struct Session {
+    id: u64,
+    info: AgentInfo,
+    tx: UnboundedSender<TaskRequest>,
+}
+
+/// Connected agents by id.
+#[derive(Default)]
+pub struct AgentDirectory {
+    sessions: RwLock<HashMap<Arc<str>, Session>>,
+    next_session: AtomicU64,
+}
+
+/// A registered session: its number and the queue its writer drains.
+pub struct Registration {
+    /// Identifies this session among reconnections of the same agent.
+    pub session_id: u64,
+    /// Requests to write to the agent's stream.
+    pub requests: UnboundedReceiver<TaskRequest>,
+    /// Whether an older session of the same agent was replaced.
+    pub replaced: bool,
+}
+
+impl AgentDirectory {
+    /// Makes `agent_id`'s new stream the one tasks go to.
+    pub fn register(&self, agent_id: Arc<str>, peer: String) -> Registration {
+        let (tx, requests) = unbounded();
+        let session_id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let info = AgentInfo {
+            agent_id: agent_id.clone(),
+            connected_at: SystemTime::now(),
+            peer,
+        };
+        let old = self.sessions.write().insert(
+            agent_id,
+            Session {
+                id: session_id,
+                info,
+                tx,
+            },
+        );
+        Registration {
+            session_id,
+            requests,
+            replaced: old.is_some(),
+        }
+    }
+
+    /// Removes the session if it is still the agent's current one; true when it was.
+    pub fn unregister(&self, agent_id: &str, session_id: u64) -> bool {
+        let mut sessions = self.sessions.write();
+        if sessions.get(agent_id).is_some_and(|s| s.id == session_id) {
+            sessions.remove(agent_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the agent has a stream open.
+    pub fn is_connected(&self, agent_id: &str) -> bool {
+        self.sessions.read().contains_key(agent_id)
+    }
+
+    /// The connected agents, sorted by id.
+    pub fn list(&self) -> Vec<AgentInfo> {
+        let mut all: Vec<AgentInfo> = self
+            .sessions
+            .read()
+            .values()
+            .map(|s| s.info.clone())
+            .collect();
+        all.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        all
+    }
+
+    /// Number of connected agents.
+    pub fn len(&self) -> usize {
+        self.sessions.read().len()
+    }
+
+    /// True when no agent is connected.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.read().is_empty()
+    }
+
+    /// Ends every session (server shutdown): their writers close the calls.
+    pub fn close_all(&self) {
+        self.sessions.write().clear();
+    }
+}
+
+impl AgentGateway for AgentDirectory {
+    fn dispatch(&self, agent_id: &str, command: AgentCommand) -> Result<(), GatewayError> {
+        let sessions = self.sessions.read();
+        let session = sessions.get(agent_id).ok_or(GatewayError::NotConnected)?;
+        session
+            .tx
+            .unbounded_send(request_from_command(agent_id, command))
+            .map_err(|_| GatewayError::NotConnected)
+    }
+}

@@ -1,0 +1,126 @@
+//! The gRPC side of the agent link: `pb.AgentService/StreamTasks`.
+//!
+//! Each call authenticates from its `agent_id`/`agent_token` metadata (UNAUTHENTICATED
+//! otherwise), registers a session in the [`AgentDirectory`], and spawns two futures on the
+//! grpcio completion-queue threads: a writer that drains the session's request queue into the
+//! stream, and a reader that turns each response into an [`AgentReport`] for the response
+//! channel. The reader's `send` waits while that channel is full, so a flooding agent is held
+//! back by HTTP/2 flow control instead of losing data.
+
+use std::sync::Arc;
+
+use futures::{SinkExt, StreamExt};
+use grpcio::{DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
+
+use super::auth::AgentTokens;
+use super::convert::report_from_response;
+use super::directory::AgentDirectory;
+use crate::proto::{AgentService, TaskRequest, TaskResponse};
+use crate::tasks::TaskManager;
+
+/// The `AgentService` implementation, cloned by grpcio once per completion queue.
+#[derive(Clone)]
+pub struct AgentLink {
+    tokens: Arc<AgentTokens>,
+    directory: Arc<AgentDirectory>,
+    manager: TaskManager,
+}
+
+impl AgentLink {
+    /// A link that admits the agents in `tokens` and feeds `manager`.
+    pub fn new(
+        tokens: Arc<AgentTokens>,
+        directory: Arc<AgentDirectory>,
+        manager: TaskManager,
+    ) -> Self {
+        AgentLink {
+            tokens,
+            directory,
+            manager,
+        }
+    }
+
+    fn authenticate(&self, ctx: &RpcContext) -> Result<Arc<str>, &'static str> {
+        let mut agent_id = None;
+        let mut token = None;
+        for (key, value) in ctx.request_headers().iter() {
+            match key {
+                "agent_id" => agent_id = std::str::from_utf8(value).ok(),
+                "agent_token" => token = std::str::from_utf8(value).ok(),
+                _ => {}
+            }
+        }
+        let (Some(agent_id), Some(token)) = (agent_id, token) else {
+            return Err("missing agent_id or agent_token metadata");
+        };
+        if agent_id.is_empty() || !self.tokens.check(agent_id, token) {
+            return Err("invalid agent credentials");
+        }
+        Ok(Arc::from(agent_id))
+    }
+}
+
+impl AgentService for AgentLink {
+    fn stream_tasks(
+        &mut self,
+        ctx: RpcContext,
+        stream: RequestStream<TaskResponse>,
+        mut sink: DuplexSink<TaskRequest>,
+    ) {
+        let peer = ctx.peer();
+        let agent_id = match self.authenticate(&ctx) {
+            Ok(id) => id,
+            Err(why) => {
+                log::warn!("Refused agent stream from {peer}: {why}");
+                let status =
+                    RpcStatus::with_message(RpcStatusCode::UNAUTHENTICATED, why.to_string());
+                ctx.spawn(async move {
+                    let _ = sink.fail(status).await;
+                });
+                return;
+            }
+        };
+        let reg = self.directory.register(agent_id.clone(), peer.clone());
+        self.manager.agent_connected(&agent_id);
+        if reg.replaced {
+            log::info!("Agent {agent_id} connected from {peer}, replacing its previous stream");
+        } else {
+            log::info!("Agent {agent_id} connected from {peer}");
+        }
+
+        let mut requests = reg.requests.map(|r| Ok((r, WriteFlags::default())));
+        let writer_agent = agent_id.clone();
+        ctx.spawn(async move {
+            if let Err(e) = sink.send_all(&mut requests).await {
+                log::debug!("Agent {writer_agent}: stream write ended: {e}");
+                return;
+            }
+            let _ = sink.close().await;
+        });
+
+        let reports = self.manager.report_sink();
+        let directory = self.directory.clone();
+        let manager = self.manager.clone();
+        let session_id = reg.session_id;
+        ctx.spawn(async move {
+            let mut stream = stream;
+            let ending = loop {
+                match stream.next().await {
+                    Some(Ok(resp)) => {
+                        if reports.send(report_from_response(&agent_id, resp)).is_err() {
+                            break "server shutting down".to_string();
+                        }
+                    }
+                    Some(Err(e)) => break format!("stream error: {e}"),
+                    None => break "stream closed".to_string(),
+                }
+            };
+            if directory.unregister(&agent_id, session_id) {
+                log::info!("Agent {agent_id} disconnected ({ending})");
+                manager.agent_disconnected(&agent_id);
+            } else {
+                log::debug!("Agent {agent_id}: replaced session {session_id} ended ({ending})");
+            }
+        });
+    }
+}
