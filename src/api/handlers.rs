@@ -1,0 +1,222 @@
+//! REST handlers: parse and check the request, call the task manager, answer JSON. Runs on
+//! the HTTP worker threads; every failure is an `ApiError` answered once, here.
+
+use std::time::Duration;
+
+use serde_json::{json, Map, Value};
+use tiny_http::Request;
+
+use super::json::{agent_json, created_json, detail_json, summary_json};
+use super::routes::Route;
+use super::{stream, ApiState};
+use crate::http::request::{
+    optional_f64, optional_object, optional_str, read_json_object, require_bearer, required_str,
+    Query,
+};
+use crate::http::{respond, ApiError, Params};
+use crate::tasks::{DockerOp, TaskFilter, TaskId, TaskSpec, TaskStatus};
+
+/// Answers one request; the HTTP workers' handler.
+pub fn handle(state: &ApiState, mut req: Request) {
+    let route = match state.router.resolve(req.method().as_str(), req.url()) {
+        Ok(r) => r,
+        Err(e) => {
+            respond::error(req, &e);
+            return;
+        }
+    };
+    if route.name != Route::Health {
+        if let Some(token) = &state.api_token {
+            if let Err(e) = require_bearer(&req, token) {
+                respond::error(req, &e);
+                return;
+            }
+        }
+    }
+    let query = Query::from_url(req.url());
+    let result =
+        match route.name {
+            Route::Stream => {
+                // Takes the connection over (or answers the error itself).
+                stream::serve(state, req, &query);
+                return;
+            }
+            Route::Health => Ok(json!({"status": "ok"})),
+            Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
+                .and_then(|b| create_shell(state, &b)),
+            Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
+                .and_then(|b| create_docker(state, &b)),
+            Route::ListTasks => list_tasks(state, &query, None),
+            Route::GetTask => task_id(&route.params).and_then(|id| {
+                state
+                    .manager
+                    .get_task(id)
+                    .map(|t| detail_json(&t))
+                    .ok_or_else(|| not_found(id))
+            }),
+            Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id)),
+            Route::ListAgents => Ok(list_agents(state)),
+            Route::AgentTasks => agent_tasks(state, &route.params, &query),
+        };
+    match result {
+        Ok(body) => {
+            respond::json(req, 200, &body);
+        }
+        Err(e) => {
+            respond::error(req, &e);
+        }
+    }
+}
+
+fn not_found(id: TaskId) -> ApiError {
+    ApiError::from(crate::tasks::TaskError::NotFound(id))
+}
+
+/// The `{id}` of a task path; anything that is not a UUID cannot name a task (404).
+fn task_id(params: &Params) -> Result<TaskId, ApiError> {
+    let raw = params.get("id").unwrap_or_default();
+    TaskId::parse_str(raw)
+        .map_err(|_| ApiError::not_found("task not found").with_details(json!({ "task_id": raw })))
+}
+
+fn timeout(body: &Map<String, Value>) -> Result<Option<Duration>, ApiError> {
+    match optional_f64(body, "timeout")? {
+        None => Ok(None),
+        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 1e9 => {
+            Ok(Some(Duration::from_secs_f64(secs)))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "field `timeout` must be a positive number of seconds",
+        )
+        .with_details(json!({ "field": "timeout" }))),
+    }
+}
+
+fn create_shell(state: &ApiState, body: &Map<String, Value>) -> Result<Value, ApiError> {
+    let agent_id = required_str(body, "agent_id")?;
+    let cmd = required_str(body, "cmd")?.to_string();
+    let timeout = timeout(body)?;
+    let mut env = Vec::new();
+    if let Some(vars) = optional_object(body, "env")? {
+        for (k, v) in vars {
+            let v = v.as_str().ok_or_else(|| {
+                ApiError::bad_request(format!("env variable `{k}` must be a string"))
+                    .with_details(json!({ "field": "env" }))
+            })?;
+            env.push((k.clone(), v.to_string()));
+        }
+    }
+    let working_dir = optional_str(body, "working_dir")?.map(str::to_string);
+    let spec = TaskSpec::Shell {
+        cmd,
+        env,
+        working_dir,
+    };
+    let task = state.manager.send_task(agent_id, spec, timeout)?;
+    Ok(created_json(&task))
+}
+
+fn create_docker(state: &ApiState, body: &Map<String, Value>) -> Result<Value, ApiError> {
+    let agent_id = required_str(body, "agent_id")?;
+    let operation = required_str(body, "operation")?;
+    let timeout = timeout(body)?;
+    let op = match operation {
+        "run" => DockerOp::Run {
+            image: required_str(body, "image")?.to_string(),
+        },
+        "start" => DockerOp::Start {
+            id: required_str(body, "id")?.to_string(),
+        },
+        "stop" => DockerOp::Stop {
+            id: required_str(body, "id")?.to_string(),
+        },
+        "logs" => DockerOp::Logs {
+            id: required_str(body, "id")?.to_string(),
+        },
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "unknown docker operation `{other}`; expected run, start, stop or logs"
+            ))
+            .with_details(json!({ "field": "operation" })))
+        }
+    };
+    let task = state
+        .manager
+        .send_task(agent_id, TaskSpec::Docker(op), timeout)?;
+    Ok(created_json(&task))
+}
+
+fn cancel(state: &ApiState, id: TaskId) -> Result<Value, ApiError> {
+    let task = state.manager.cancel_task(id)?;
+    Ok(json!({
+        "message": "Task cancelled successfully",
+        "task_id": task.id.to_string(),
+        "status": task.status.as_str(),
+    }))
+}
+
+fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
+    let status = match query.get("status") {
+        None => None,
+        Some(s) => Some(TaskStatus::parse(s).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "unknown status `{s}`; expected created, sent, in_progress, completed, failed, timeout or cancelled"
+            ))
+            .with_details(json!({ "parameter": "status" }))
+        })?),
+    };
+    let limit = match query.u64("limit")? {
+        Some(0) => {
+            return Err(
+                ApiError::bad_request("query parameter `limit` must be at least 1")
+                    .with_details(json!({ "parameter": "limit" })),
+            )
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => None,
+    };
+    let agent_id = agent
+        .map(str::to_string)
+        .or_else(|| query.get("agent_id").map(str::to_string));
+    Ok(TaskFilter {
+        status,
+        agent_id,
+        limit,
+    })
+}
+
+fn list_tasks(state: &ApiState, query: &Query, agent: Option<&str>) -> Result<Value, ApiError> {
+    let tasks: Vec<Value> = state
+        .manager
+        .list_tasks(&filter(query, agent)?)
+        .iter()
+        .map(summary_json)
+        .collect();
+    Ok(json!({ "tasks": tasks }))
+}
+
+fn agent_tasks(state: &ApiState, params: &Params, query: &Query) -> Result<Value, ApiError> {
+    let agent = params.get("id").unwrap_or_default();
+    let mut body = list_tasks(state, query, Some(agent))?;
+    let known = state.agent_tokens.contains(agent) || state.directory.is_connected(agent);
+    let has_tasks = body["tasks"].as_array().is_some_and(|t| !t.is_empty());
+    if !known && !has_tasks {
+        return Err(ApiError::not_found(format!("agent `{agent}` is not known"))
+            .with_details(json!({ "agent_id": agent })));
+    }
+    if let Value::Object(m) = &mut body {
+        m.insert("agent_id".into(), json!(agent));
+    }
+    Ok(body)
+}
+
+fn list_agents(state: &ApiState) -> Value {
+    let running = state.manager.running_per_agent();
+    let agents: Vec<Value> = state
+        .directory
+        .list()
+        .iter()
+        .map(|a| agent_json(a, running.get(&a.agent_id).copied().unwrap_or(0)))
+        .collect();
+    json!({ "agents": agents })
+}

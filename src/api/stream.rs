@@ -1,0 +1,183 @@
+//! `GET /stream`: Server-Sent Events. With `?ref={task_id}`, one task's events: first its
+//! retained history after `Last-Event-ID` (ids are per-task sequence numbers), then live
+//! events until the final status. Without `ref`, every task's events for dashboards: live,
+//! with resumption from a bounded window (ids are global sequence numbers).
+//!
+//! Each stream gets its own small writer thread that owns the connection, so HTTP workers
+//! are never held by a stream. The writer waits on its bounded queue from the hub; when idle
+//! for 15 s it writes a comment so proxies keep the connection, and so a client that went
+//! away is noticed at the latest then (a write fails) and its resources released.
+
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+use serde_json::json;
+use tiny_http::{Method, Request, Response};
+
+use super::json::{event_data, event_name};
+use super::ApiState;
+use crate::http::request::{last_event_id, Query};
+use crate::http::{respond, ApiError, SseWriter};
+use crate::sse::Subscription;
+use crate::tasks::{TaskEvent, TaskId};
+
+/// How long a stream may be silent before a keep-alive comment.
+const KEEPALIVE: Duration = Duration::from_secs(15);
+const WRITER_STACK: usize = 256 * 1024;
+
+type Writer = SseWriter<Box<dyn std::io::Write + Send>>;
+
+/// Answers `GET /stream`: starts a writer thread, or answers the error.
+pub fn serve(state: &ApiState, req: Request, query: &Query) {
+    let last = match last_event_id(&req).map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => {
+            let e = ApiError::bad_request(
+                "Last-Event-ID must be an event id this server sent (a number)",
+            );
+            respond::error(req, &e);
+            return;
+        }
+    };
+    let started = match query.get("ref") {
+        Some(raw) => start_task_stream(state, raw, last),
+        None => start_global_stream(state, last),
+    };
+    let (sub, backlog, mode) = match started {
+        Ok(s) => s,
+        Err(e) => {
+            respond::error(req, &e);
+            return;
+        }
+    };
+    if *req.method() == Method::Head {
+        // HEAD (the router accepts it for every GET route) gets the stream's head and no
+        // body: streaming events after it would be read as the connection's next response.
+        drop(sub);
+        respond::send(req, stream_head());
+        return;
+    }
+    let hub = state.hub.clone();
+    let spawned = std::thread::Builder::new()
+        .name("nl-sse".into())
+        .stack_size(WRITER_STACK)
+        .spawn(move || {
+            let writer = match SseWriter::start(req) {
+                Ok(w) => w,
+                Err(e) => {
+                    log::debug!("event-stream client left before the stream began: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = run(writer, sub, backlog, mode, &hub) {
+                log::debug!("event-stream client left: {e}");
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("cannot start an event-stream writer thread: {e}");
+    }
+}
+
+/// The answer to `HEAD /stream`: the head a `GET` would get (chunked, no length), no body.
+fn stream_head() -> Response<std::io::Empty> {
+    let headers = [
+        ("Content-Type", "text/event-stream"),
+        ("Cache-Control", "no-cache"),
+        ("X-Accel-Buffering", "no"),
+    ];
+    let headers = headers
+        .iter()
+        .filter_map(|(n, v)| respond::make_header(n, v))
+        .collect();
+    Response::new(
+        tiny_http::StatusCode(200),
+        headers,
+        std::io::empty(),
+        None,
+        None,
+    )
+}
+
+/// Which ids a stream shows, and whether it ends.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// One task: ids are per-task sequence numbers; ends after the final status (or at once
+    /// when the task was already final when the history was read).
+    Task { last_seq: u64, done: bool },
+    /// Every task: ids are global sequence numbers; never ends by itself.
+    Global { last_seq: u64 },
+}
+
+type Started = (Subscription, Vec<TaskEvent>, Mode);
+
+fn start_task_stream(state: &ApiState, raw: &str, last: Option<u64>) -> Result<Started, ApiError> {
+    let id = TaskId::parse_str(raw).map_err(|_| {
+        ApiError::not_found("task not found").with_details(json!({ "task_id": raw }))
+    })?;
+    // Subscribe before reading history: an event published in between arrives twice (the
+    // writer skips it by sequence number) instead of never.
+    let sub = state.hub.subscribe_task(id)?;
+    let after = last.unwrap_or(0);
+    let (history, done) = state.manager.replay(id, after)?;
+    let last_seq = history.last().map_or(after, |e| e.task_seq);
+    Ok((sub, history, Mode::Task { last_seq, done }))
+}
+
+fn start_global_stream(state: &ApiState, last: Option<u64>) -> Result<Started, ApiError> {
+    let (sub, backlog, after) = state.hub.subscribe_all(last)?;
+    let last_seq = backlog.last().map_or(after, |e| e.global_seq);
+    let backlog = backlog.iter().map(|e| TaskEvent::clone(e)).collect();
+    Ok((sub, backlog, Mode::Global { last_seq }))
+}
+
+fn write_event(w: &mut Writer, id: u64, e: &TaskEvent) -> std::io::Result<()> {
+    w.send_event(Some(&id.to_string()), event_name(e), &event_data(e))
+}
+
+fn run(
+    mut w: Writer,
+    sub: Subscription,
+    backlog: Vec<TaskEvent>,
+    mode: Mode,
+    hub: &crate::sse::SseHub,
+) -> std::io::Result<()> {
+    for e in &backlog {
+        let id = match mode {
+            Mode::Task { .. } => e.task_seq,
+            Mode::Global { .. } => e.global_seq,
+        };
+        write_event(&mut w, id, e)?;
+    }
+    let mut last_seq = match mode {
+        Mode::Task { done: true, .. } => return w.finish(),
+        Mode::Task { last_seq, .. } | Mode::Global { last_seq } => last_seq,
+    };
+    loop {
+        match sub.events.recv_timeout(KEEPALIVE) {
+            Ok(e) => {
+                let id = match mode {
+                    Mode::Task { .. } => e.task_seq,
+                    Mode::Global { .. } => e.global_seq,
+                };
+                if id <= last_seq {
+                    continue; // already sent from history
+                }
+                last_seq = id;
+                write_event(&mut w, id, &e)?;
+                if matches!(mode, Mode::Task { .. }) && e.ends_task() {
+                    return w.finish();
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => w.comment("keep-alive")?,
+            Err(RecvTimeoutError::Disconnected) => {
+                if hub.is_shutting_down() {
+                    w.send_event(None, "shutdown", r#"{"reason":"server shutting down"}"#)?;
+                }
+                // Otherwise the hub dropped this client for falling behind: ending the stream
+                // makes the client reconnect with Last-Event-ID and catch up from history.
+                return w.finish();
+            }
+        }
+    }
+}

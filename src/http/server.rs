@@ -1,0 +1,360 @@
+//! `HttpServer`: binds the listening socket, hands it to tiny_http, and runs a pool of
+//! N named worker threads that take requests from tiny_http's queue and call the
+//! caller's handler, each call inside `catch_unwind` so a panicking handler costs one
+//! 500 answer, never a worker. `stop()` unblocks and joins the workers.
+//!
+//! Threads involved: tiny_http's own accept thread and its per-connection threads
+//! (they read request heads, and bodies of at most 1024 bytes, before a request is
+//! queued); our workers (they run handlers, including reading larger bodies and
+//! writing responses and SSE streams); and, when a read timeout is configured, one
+//! "keeper" thread explained below.
+//!
+//! Socket timeouts. tiny_http sets none, so a silent or slow client would hold its
+//! connection thread (and, while a worker reads its body, that worker) forever. On
+//! Linux an accepted socket is cloned from the listening socket and so inherits its
+//! SO_RCVTIMEO/SO_SNDTIMEO; we therefore create the `TcpListener` ourselves, set both
+//! options on it, and give it to `tiny_http::Server::from_listener`. Every read and
+//! write on every connection is then bounded by the timeouts, whichever thread does it.
+//! The catch: SO_RCVTIMEO on a listening socket also bounds `accept()`, and tiny_http's
+//! accept thread gives up for good on the first accept error, so an idle period longer
+//! than the read timeout would silently kill the server. The keeper thread prevents
+//! that by opening (and immediately closing) a loopback connection to the listener at
+//! a fraction of the read timeout, so `accept()` always returns a connection before it
+//! can time out; those connections never produce a request. If the accept thread dies
+//! anyway (e.g. fd exhaustion: tiny_http also stops on EMFILE), `is_accepting()`
+//! turns false and an error is logged, so a supervisor can restart the process.
+//!
+//! What a slow client can still hold, with these timeouts (T = read timeout):
+//! - a tiny_http connection thread (one OS thread per open connection, no cap) while
+//!   it reads the request head or a body of at most 1024 bytes: each read waits at
+//!   most T, then the connection is closed without an answer (Linux reports the
+//!   timeout as `WouldBlock`, which tiny_http does not turn into a 408). An idle
+//!   keep-alive connection is closed the same way after T. A client trickling one
+//!   byte just under every T keeps that thread indefinitely (per-read, not
+//!   per-request, deadline), and tiny_http does not cap header size.
+//! - one of our workers while `request::read_body` reads a larger, chunked or
+//!   `Expect: 100-continue` body: at most T per read, then a 408. When a request is
+//!   dropped with part of a `Content-Length` body unread (after a 413, 408, 401...),
+//!   tiny_http's drop reads and discards the rest on the worker: up to another T for
+//!   a silent client.
+//! - a worker writing to a client that stopped reading: at most the write timeout per
+//!   write (`SseWriter` then returns the error).
+//!
+//! Known tiny_http 0.12 defect outside this module's reach: that drop-time drain
+//! allocates `vec![0; remaining]` for the unread body, so a request declaring a
+//! `Content-Length` larger than the machine can allocate aborts the process if the
+//! handler does not read the whole body (the fix is a fixed-size drain buffer in a
+//! patched tiny_http, as proposed upstream in tiny-http PR #290).
+
+use std::any::Any;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use tiny_http::Request;
+
+/// The request handler every worker calls; it owns the request and must answer it
+/// (tiny_http answers 500 for a request dropped unanswered).
+pub type Handler = Arc<dyn Fn(Request) + Send + Sync + 'static>;
+
+/// How to bind and run the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Address to bind, e.g. `"0.0.0.0:8080"`; port 0 picks a free port.
+    pub addr: String,
+    /// Number of worker threads running handlers (at least 1 is used).
+    pub workers: usize,
+    /// Thread-name prefix: workers are `{name}-{i}`, the keeper `{name}-keeper`.
+    pub thread_name: String,
+    /// Max time any single socket read may wait: bounds slow or silent clients and
+    /// is also the keep-alive idle timeout. `None` disables it (not recommended).
+    pub read_timeout: Option<Duration>,
+    /// Max time any single socket write may block, e.g. to an SSE client that stopped
+    /// reading; `None` disables it.
+    pub write_timeout: Option<Duration>,
+}
+
+impl Default for HttpConfig {
+    /// Loopback-only with 4 workers and 30 s timeouts; set `addr` for production.
+    fn default() -> Self {
+        HttpConfig {
+            addr: "127.0.0.1:0".to_owned(),
+            workers: 4,
+            thread_name: "http".to_owned(),
+            read_timeout: Some(Duration::from_secs(30)),
+            write_timeout: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+struct Shared {
+    stopping: AtomicBool,
+    accepting: AtomicBool,
+}
+
+impl Shared {
+    fn accept_died(&self, why: &str) {
+        if self.accepting.swap(false, Ordering::AcqRel) {
+            log::error!("HTTP server no longer accepts connections: {why}");
+        }
+    }
+}
+
+/// A running server: tiny_http plus our worker pool; stops on `stop()` or drop.
+pub struct HttpServer {
+    server: Option<Arc<tiny_http::Server>>,
+    local_addr: SocketAddr,
+    workers: Vec<JoinHandle<()>>,
+    keeper: Option<(Sender<()>, JoinHandle<()>)>,
+    shared: Arc<Shared>,
+}
+
+impl HttpServer {
+    /// Binds `config.addr`, applies the socket timeouts and starts the workers.
+    pub fn start(config: &HttpConfig, handler: Handler) -> io::Result<HttpServer> {
+        let listener = TcpListener::bind(config.addr.as_str())?;
+        let local_addr = listener.local_addr()?;
+        if let Some(t) = config.read_timeout {
+            set_socket_timeout(&listener, SocketTimeout::Read, t)?;
+        }
+        if let Some(t) = config.write_timeout {
+            set_socket_timeout(&listener, SocketTimeout::Write, t)?;
+        }
+        let server = tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let server = Arc::new(server);
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
+        });
+
+        let mut this = HttpServer {
+            server: Some(server.clone()),
+            local_addr,
+            workers: Vec::new(),
+            keeper: None,
+            shared: shared.clone(),
+        };
+        // From here on, an early return drops `this`, which stops what was started.
+        if let Some(t) = config.read_timeout {
+            let (tx, rx) = bounded::<()>(0);
+            let target = keeper_target(local_addr);
+            let interval = (t / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
+            let shared = shared.clone();
+            let handle = thread::Builder::new()
+                .name(format!("{}-keeper", config.thread_name))
+                .spawn(move || loop {
+                    match rx.recv_timeout(interval) {
+                        Err(RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    match TcpStream::connect_timeout(
+                        &target,
+                        interval.max(Duration::from_millis(100)),
+                    ) {
+                        Ok(stream) => drop(stream),
+                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                            shared.accept_died("listener closed (accept thread exited)");
+                        }
+                        Err(e) => log::warn!("HTTP keeper connect to {target} failed: {e}"),
+                    }
+                })?;
+            this.keeper = Some((tx, handle));
+        }
+        for i in 0..config.workers.max(1) {
+            let (server, handler, shared) = (server.clone(), handler.clone(), shared.clone());
+            let handle = thread::Builder::new()
+                .name(format!("{}-{i}", config.thread_name))
+                .spawn(move || worker_loop(&server, &handler, &shared))?;
+            this.workers.push(handle);
+        }
+        log::info!(
+            "HTTP server on {local_addr} with {} workers (read timeout {:?}, write timeout {:?})",
+            this.workers.len(),
+            config.read_timeout,
+            config.write_timeout
+        );
+        Ok(this)
+    }
+
+    /// The address actually bound (the real port when `addr` asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// False once tiny_http's accept thread has died (no new connections will be
+    /// served); a supervisor should then restart the process.
+    pub fn is_accepting(&self) -> bool {
+        self.shared.accepting.load(Ordering::Acquire) && self.server.is_some()
+    }
+
+    /// Stops accepting work, wakes and joins every worker (waiting for handlers in
+    /// progress, so long-lived streams must watch their own shutdown signal), then
+    /// closes the listener. Idempotent.
+    pub fn stop(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        if let Some((tx, handle)) = self.keeper.take() {
+            drop(tx);
+            if handle.join().is_err() {
+                log::error!("HTTP keeper thread panicked");
+            }
+        }
+        // Each unblock() wakes exactly one `recv()`; a worker exits after one wake-up.
+        for _ in &self.workers {
+            server.unblock();
+        }
+        for handle in self.workers.drain(..) {
+            if handle.join().is_err() {
+                log::error!("HTTP worker thread panicked outside a handler");
+            }
+        }
+        // Last reference: tiny_http's Drop stops its accept thread and closes the socket.
+        drop(server);
+        log::info!("HTTP server on {} stopped", self.local_addr);
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn worker_loop(server: &tiny_http::Server, handler: &Handler, shared: &Shared) {
+    while !shared.stopping.load(Ordering::Acquire) {
+        match server.recv() {
+            Ok(req) => handle_one(handler, req),
+            // `unblock()` during stop() also surfaces as an error.
+            Err(_) if shared.stopping.load(Ordering::Acquire) => break,
+            // tiny_http pushes an accept error once and ends its accept thread; keep
+            // serving the connections that are already open.
+            Err(e) => shared.accept_died(&format!("accept failed: {e}")),
+        }
+    }
+}
+
+fn handle_one(handler: &Handler, req: Request) {
+    let method = req.method().clone();
+    let url = req.url().to_owned();
+    // The request moves into the handler; if it panics, unwinding drops the request
+    // and tiny_http's Drop answers 500 when the response was not sent yet.
+    if let Err(panic) = catch_unwind(AssertUnwindSafe(|| handler(req))) {
+        log::error!(
+            "handler panicked on {method} {url}: {}; answered 500 if still possible",
+            panic_message(&*panic)
+        );
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("<non-string panic payload>")
+}
+
+fn keeper_target(bound: SocketAddr) -> SocketAddr {
+    let ip = match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, bound.port())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum SocketTimeout {
+    Read,
+    Write,
+}
+
+/// Sets SO_RCVTIMEO / SO_SNDTIMEO on the listening socket; accepted sockets inherit it.
+#[cfg(unix)]
+fn set_socket_timeout(listener: &TcpListener, which: SocketTimeout, t: Duration) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if t.is_zero() {
+        // Zero means "block forever" to the kernel; refuse it like std's set_read_timeout.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "socket timeout must be non-zero",
+        ));
+    }
+    let tv_sec = libc::time_t::try_from(t.as_secs()).unwrap_or(libc::time_t::MAX);
+    // Below 1_000_000, so it fits suseconds_t on every platform (i32 or i64).
+    let mut tv_usec = t.subsec_micros() as libc::suseconds_t;
+    if tv_sec == 0 && tv_usec == 0 {
+        tv_usec = 1;
+    }
+    let tv = libc::timeval { tv_sec, tv_usec };
+    let opt = match which {
+        SocketTimeout::Read => libc::SO_RCVTIMEO,
+        SocketTimeout::Write => libc::SO_SNDTIMEO,
+    };
+    // SAFETY: the fd is a live socket owned by `listener`; `tv` is a properly
+    // initialized timeval and the length passed matches its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(unix))]
+fn set_socket_timeout(_: &TcpListener, which: SocketTimeout, _: Duration) -> io::Result<()> {
+    log::warn!(
+        "{which:?} socket timeout not supported on this platform; slow clients are unbounded"
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeper_targets_loopback_for_wildcard_binds() {
+        let t = keeper_target("0.0.0.0:81".parse().expect("addr"));
+        assert_eq!(t, "127.0.0.1:81".parse().expect("addr"));
+        let t = keeper_target("[::]:81".parse().expect("addr"));
+        assert_eq!(t, "[::1]:81".parse().expect("addr"));
+        let t = keeper_target("10.1.2.3:81".parse().expect("addr"));
+        assert_eq!(t, "10.1.2.3:81".parse().expect("addr"));
+    }
+
+    #[test]
+    fn panic_messages() {
+        let p = catch_unwind(|| panic!("boom {}", 1)).expect_err("panicked");
+        assert_eq!(panic_message(&*p), "boom 1");
+        let p = catch_unwind(|| panic!("static")).expect_err("panicked");
+        assert_eq!(panic_message(&*p), "static");
+    }
+
+    #[test]
+    fn zero_timeout_is_rejected() {
+        let cfg = HttpConfig {
+            read_timeout: Some(Duration::ZERO),
+            ..HttpConfig::default()
+        };
+        let handler: Handler = Arc::new(|_req| {});
+        let err = HttpServer::start(&cfg, handler).err().expect("rejected");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+}
