@@ -1,0 +1,119 @@
+//! Command-line interface: flags, their env vars and defaults, turned into the typed
+//! configurations of the server and the agent. clap gives `--help`, env fallbacks and precise
+//! errors for free.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// nodelink: send shell and Docker tasks to remote agents and stream their results back.
+#[derive(Debug, Parser)]
+#[command(name = "nodelink", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: the REST/SSE API for clients and the gRPC endpoint for agents.
+    Server(ServerArgs),
+    /// Run an agent that connects to a server and executes its tasks.
+    Agent(AgentArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 30m)"))
+}
+
+/// Flags of `nodelink server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Address of the REST/SSE API.
+    #[arg(long, env = "NODELINK_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Address agents connect to over gRPC.
+    #[arg(long, env = "NODELINK_GRPC_ADDR", default_value = "127.0.0.1:9090")]
+    pub grpc_addr: SocketAddr,
+    /// JSON file mapping agent id to token, e.g. {"agent1": "secret_token1"}.
+    #[arg(long, env = "NODELINK_AGENT_TOKENS")]
+    pub agent_tokens: Option<PathBuf>,
+    /// Bearer token REST clients must send (Authorization: Bearer TOKEN).
+    #[arg(long, env = "NODELINK_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Zero-configuration mode: generated credentials and a local agent named `local`.
+    #[arg(long, env = "NODELINK_DEV")]
+    pub dev: bool,
+    /// Threads serving HTTP requests.
+    #[arg(long, env = "NODELINK_HTTP_WORKERS", default_value_t = 8)]
+    pub http_workers: usize,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, env = "NODELINK_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+    /// How long a client may take to send a request or accept a response.
+    #[arg(long, env = "NODELINK_HTTP_TIMEOUT", default_value = "30s", value_parser = duration)]
+    pub http_timeout: Duration,
+    /// Most concurrent Server-Sent Events clients.
+    #[arg(long, env = "NODELINK_MAX_SSE_CLIENTS", default_value_t = 1024)]
+    pub max_sse_clients: usize,
+    /// Capacity of the channel between the agent link and the response thread.
+    #[arg(long, env = "NODELINK_RESPONSE_CHANNEL", default_value_t = 100)]
+    pub response_channel: usize,
+    /// Most tasks held in the registry (oldest finished are evicted first).
+    #[arg(long, env = "NODELINK_MAX_TASKS", default_value_t = 100_000)]
+    pub max_tasks: usize,
+    /// Bytes of stdout and of stderr kept per task.
+    #[arg(long, env = "NODELINK_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
+    pub max_output_bytes: usize,
+    /// How long a finished task stays routed to its agent.
+    #[arg(long, env = "NODELINK_CLEANUP_DELAY", default_value = "5s", value_parser = duration)]
+    pub cleanup_delay: Duration,
+    /// How long finished tasks stay queryable.
+    #[arg(long, env = "NODELINK_CLEANUP_AGE", default_value = "30m", value_parser = duration)]
+    pub cleanup_age: Duration,
+    /// How often old finished tasks are swept.
+    #[arg(long, env = "NODELINK_CLEANUP_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub cleanup_interval: Duration,
+    /// How long a disconnected agent may take to come back before its tasks fail.
+    #[arg(long, env = "NODELINK_DISCONNECT_GRACE", default_value = "15s", value_parser = duration)]
+    pub disconnect_grace: Duration,
+    /// Largest gRPC message accepted from an agent, in bytes.
+    #[arg(long, env = "NODELINK_MAX_GRPC_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_grpc_message_bytes: usize,
+}
+
+/// Flags of `nodelink agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Server gRPC address, host:port.
+    #[arg(long, env = "NODELINK_SERVER", default_value = "127.0.0.1:9090")]
+    pub server: String,
+    /// This agent's id (must be in the server's token file).
+    #[arg(long, env = "NODELINK_AGENT_ID")]
+    pub id: String,
+    /// This agent's token.
+    #[arg(long, env = "NODELINK_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Shell that runs commands (default: bash where present, else /bin/sh).
+    #[arg(long, env = "NODELINK_SHELL")]
+    pub shell: Option<PathBuf>,
+    /// Docker CLI to run Docker operations with.
+    #[arg(long, env = "NODELINK_DOCKER_BIN", default_value = "docker")]
+    pub docker_bin: PathBuf,
+    /// Most tasks running at once; more are refused with `agent busy`.
+    #[arg(long, env = "NODELINK_AGENT_MAX_TASKS", default_value_t = 64)]
+    pub max_tasks: usize,
+    /// Time between SIGTERM and SIGKILL when a task is cancelled.
+    #[arg(long, env = "NODELINK_KILL_GRACE", default_value = "5s", value_parser = duration)]
+    pub kill_grace: Duration,
+    /// Bytes of responses kept while the server is unreachable.
+    #[arg(long, env = "NODELINK_OUTBOX_BYTES", default_value_t = 4 << 20)]
+    pub outbox_bytes: usize,
+    /// Longest reconnect delay.
+    #[arg(long, env = "NODELINK_BACKOFF_MAX", default_value = "60s", value_parser = duration)]
+    pub backoff_max: Duration,
+}
