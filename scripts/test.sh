@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, then every unit and integration
+# test (integration tests start real servers and agents on ephemeral 127.0.0.1 ports).
+# The first run builds gRPC's C core (about 11 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+echo "== cargo fmt --check" >&2
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings" >&2
+cargo clippy --all-targets --locked -- -D warnings
+echo "== docs/openapi.yaml is valid OpenAPI 3" >&2
+if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator >&2
+fi
+python3 -m openapi_spec_validator docs/openapi.yaml
+echo "== cargo test" >&2
+cargo test --all-targets --locked "$@"

@@ -1,0 +1,179 @@
+//! Issue 2: a real server and real agents, end to end over REST and gRPC.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::executor::block_on;
+use futures::{SinkExt, StreamExt};
+use grpcio::{CallOption, ChannelBuilder, EnvBuilder, MetadataBuilder, RpcStatusCode, WriteFlags};
+use nodelink::proto::{
+    task_request, task_response, AgentServiceClient, ShellExecuteResponse, TaskResponse,
+};
+use support::{create_shell, wait_final, wait_until, Server};
+
+#[test]
+fn echo_and_exit_code_travel_from_rest_to_a_real_agent_and_back() {
+    let server = Server::start();
+    let _agent = server.agent("a1", "t1");
+    let c = server.client();
+
+    let id = create_shell(&c, "a1", "echo hi");
+    let t = wait_final(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["stdout"], "hi\n");
+    assert_eq!(t["exit_code"], 0);
+
+    let id = create_shell(&c, "a1", "exit 3");
+    let t = wait_final(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["status"], "completed", "a non-zero exit still completes");
+    assert_eq!(t["exit_code"], 3);
+    let log = server.proc.log();
+    assert!(
+        log.contains("Agent a1 connected"),
+        "one line per connection:\n{log}"
+    );
+    assert!(
+        log.contains(&format!("Created task {id} for agent a1")),
+        "one line per task:\n{log}"
+    );
+}
+
+fn grpc_client(addr: &str) -> AgentServiceClient {
+    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
+    AgentServiceClient::new(ChannelBuilder::new(env).connect(addr))
+}
+
+fn call_opt(id: &str, token: Option<&str>) -> CallOption {
+    let mut meta = MetadataBuilder::new();
+    meta.add_str("agent_id", id).expect("metadata");
+    if let Some(t) = token {
+        meta.add_str("agent_token", t).expect("metadata");
+    }
+    CallOption::default().headers(meta.build())
+}
+
+#[test]
+fn a_wrong_or_missing_token_is_refused_with_unauthenticated() {
+    let server = Server::start();
+    let client = grpc_client(&server.grpc);
+    for token in [Some("wrong"), None] {
+        let (_sink, mut rx) = client
+            .stream_tasks_opt(call_opt("a1", token))
+            .expect("call starts");
+        match block_on(rx.next()) {
+            Some(Err(grpcio::Error::RpcFailure(status))) => {
+                assert_eq!(
+                    status.code(),
+                    RpcStatusCode::UNAUTHENTICATED,
+                    "token {token:?}"
+                );
+            }
+            other => panic!("expected UNAUTHENTICATED, got {other:?}"),
+        }
+    }
+    let agents = server.client().get("/agents").json();
+    assert_eq!(
+        agents["agents"],
+        serde_json::json!([]),
+        "refused agents are not registered"
+    );
+    assert!(server.proc.log().contains("Refused agent stream"));
+}
+
+/// An agent that speaks only the original protocol: the wire contract's fields, one
+/// IN_PROGRESS response per output line, a final COMPLETED with the exit code.
+#[test]
+fn an_agent_speaking_the_original_protocol_works_unchanged() {
+    let server = Server::start();
+    let client = grpc_client(&server.grpc);
+    let (mut sink, mut rx) = client
+        .stream_tasks_opt(call_opt("a2", Some("t2")))
+        .expect("call starts");
+    server.wait_agent("a2", true);
+    let agent = std::thread::spawn(move || {
+        let req = block_on(rx.next()).expect("a request").expect("no error");
+        let cmd = match req.task {
+            Some(task_request::Task::ShellExecute(s)) => s.cmd,
+            other => panic!("expected shell_execute, got {other:?}"),
+        };
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .expect("runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        for line in text.split_inclusive('\n') {
+            let mut resp = TaskResponse::new();
+            resp.agent_id = "a2".into();
+            resp.task_id = req.task_id.clone();
+            resp.status = task_response::Status::IN_PROGRESS.into();
+            let mut sh = ShellExecuteResponse::new();
+            sh.stdout = line.to_string();
+            resp.response = Some(task_response::Response::ShellExecute(sh));
+            block_on(sink.send((resp, WriteFlags::default()))).expect("send");
+        }
+        let mut fin = TaskResponse::new();
+        fin.agent_id = "a2".into();
+        fin.task_id = req.task_id.clone();
+        fin.status = task_response::Status::COMPLETED.into();
+        fin.is_final = true;
+        let mut sh = ShellExecuteResponse::new();
+        sh.exit_code = out.status.code().unwrap_or(-1);
+        fin.response = Some(task_response::Response::ShellExecute(sh));
+        block_on(sink.send((fin, WriteFlags::default()))).expect("send");
+        // Keep the stream open until the test has read the result.
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    let c = server.client();
+    let id = create_shell(&c, "a2", "echo one; echo two; exit 4");
+    let t = wait_final(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["stdout"], "one\ntwo\n");
+    assert_eq!(t["exit_code"], 4);
+    assert_eq!(t["status"], "completed");
+    agent.join().expect("agent thread");
+}
+
+#[test]
+fn a_second_connection_with_the_same_id_replaces_the_first() {
+    let server = Server::start();
+    let first = server.agent("a1", "t1");
+    let _second = support::start_agent(&server.grpc, "a1", "t1", &[]);
+    server
+        .proc
+        .wait_log("replacing its previous stream", Duration::from_secs(20));
+    let c = server.client();
+    let id = create_shell(&c, "a1", "echo via-second");
+    let t = wait_final(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["stdout"], "via-second\n");
+    wait_until("one a1 listed", Duration::from_secs(5), || {
+        c.get("/agents").json()["agents"]
+            .as_array()
+            .map(|a| a.len())
+            == Some(1)
+    });
+    drop(first);
+}
+
+#[test]
+fn the_server_refuses_to_start_without_credentials() {
+    let out = std::process::Command::new(support::binary())
+        .args([
+            "server",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("NODELINK_API_TOKEN")
+        .env_remove("NODELINK_AGENT_TOKENS")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--agent-tokens") && err.lines().count() == 1,
+        "{err}"
+    );
+}
