@@ -292,6 +292,7 @@ impl Server {
             let tasks_pool = util::TaskPool::new();
 
             log::debug!("Running accept thread");
+            let mut last_warning: Option<std::time::Instant> = None;
             while !inside_close_trigger.load(Relaxed) {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
@@ -340,6 +341,21 @@ impl Server {
                         }));
                     }
 
+                    Err(e) if accept_error_is_transient(&e) => {
+                        // nodelink patch: upstream ended the accept loop on any error, so one
+                        // moment of file-descriptor exhaustion (EMFILE) or a listener read
+                        // timeout stopped the server from accepting for good. Transient errors
+                        // now keep the loop; while descriptors are exhausted, pause briefly
+                        // (there is nothing to wait on) instead of spinning.
+                        if accept_error_is_resource_exhaustion(&e) {
+                            let now = std::time::Instant::now();
+                            if last_warning.is_none_or(|t| now.duration_since(t).as_secs() >= 1) {
+                                log::warn!("Cannot accept connections for now: {}", e);
+                                last_warning = Some(now);
+                            }
+                            thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                    }
                     Err(e) => {
                         log::error!("Error accepting new client: {}", e);
                         inside_messages.push(e.into());
@@ -444,4 +460,22 @@ impl Drop for Server {
             }
         }
     }
+}
+
+/// nodelink patch: accept errors after which the listener still works.
+fn accept_error_is_transient(e: &IoError) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::WouldBlock
+            | ErrorKind::TimedOut
+            | ErrorKind::Interrupted
+            | ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+    ) || accept_error_is_resource_exhaustion(e)
+}
+
+/// nodelink patch: out of descriptors or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM on Linux).
+fn accept_error_is_resource_exhaustion(e: &IoError) -> bool {
+    matches!(e.raw_os_error(), Some(12 | 23 | 24 | 105))
 }
