@@ -2,15 +2,13 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::executor::block_on;
-use futures::{SinkExt, StreamExt};
-use grpcio::{CallOption, ChannelBuilder, EnvBuilder, MetadataBuilder, RpcStatusCode, WriteFlags};
-use nodelink::proto::{
-    task_request, task_response, AgentServiceClient, ShellExecuteResponse, TaskResponse,
-};
+use futures::StreamExt;
+use grpcio::RpcStatusCode;
+use nodelink::proto::task_request;
+use support::fake_agent::{self, FakeAgent};
 use support::{create_shell, wait_final, wait_until, Server};
 
 #[test]
@@ -40,27 +38,13 @@ fn echo_and_exit_code_travel_from_rest_to_a_real_agent_and_back() {
     );
 }
 
-fn grpc_client(addr: &str) -> AgentServiceClient {
-    let env = Arc::new(EnvBuilder::new().cq_count(1).build());
-    AgentServiceClient::new(ChannelBuilder::new(env).connect(addr))
-}
-
-fn call_opt(id: &str, token: Option<&str>) -> CallOption {
-    let mut meta = MetadataBuilder::new();
-    meta.add_str("agent_id", id).expect("metadata");
-    if let Some(t) = token {
-        meta.add_str("agent_token", t).expect("metadata");
-    }
-    CallOption::default().headers(meta.build())
-}
-
 #[test]
 fn a_wrong_or_missing_token_is_refused_with_unauthenticated() {
     let server = Server::start();
-    let client = grpc_client(&server.grpc);
+    let client = fake_agent::client(&server.grpc);
     for token in [Some("wrong"), None] {
         let (_sink, mut rx) = client
-            .stream_tasks_opt(call_opt("a1", token))
+            .stream_tasks_opt(fake_agent::credentials("a1", token))
             .expect("call starts");
         match block_on(rx.next()) {
             Some(Err(grpcio::Error::RpcFailure(status))) => {
@@ -87,42 +71,22 @@ fn a_wrong_or_missing_token_is_refused_with_unauthenticated() {
 #[test]
 fn an_agent_speaking_the_original_protocol_works_unchanged() {
     let server = Server::start();
-    let client = grpc_client(&server.grpc);
-    let (mut sink, mut rx) = client
-        .stream_tasks_opt(call_opt("a2", Some("t2")))
-        .expect("call starts");
+    let mut agent = FakeAgent::connect(&server.grpc, "a2", "t2");
     server.wait_agent("a2", true);
     let agent = std::thread::spawn(move || {
-        let req = block_on(rx.next()).expect("a request").expect("no error");
+        let req = agent.next_request();
         let cmd = match req.task {
             Some(task_request::Task::ShellExecute(s)) => s.cmd,
             other => panic!("expected shell_execute, got {other:?}"),
         };
-        let out = std::process::Command::new("/bin/sh")
-            .arg("-c")
-            .arg(&cmd)
-            .output()
-            .expect("runs");
+        let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).output().expect("runs");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         for line in text.split_inclusive('\n') {
-            let mut resp = TaskResponse::new();
-            resp.agent_id = "a2".into();
-            resp.task_id = req.task_id.clone();
-            resp.status = task_response::Status::IN_PROGRESS.into();
-            let mut sh = ShellExecuteResponse::new();
-            sh.stdout = line.to_string();
-            resp.response = Some(task_response::Response::ShellExecute(sh));
-            block_on(sink.send((resp, WriteFlags::default()))).expect("send");
+            let resp = agent.output(&req.task_id, line);
+            agent.send(resp, false);
         }
-        let mut fin = TaskResponse::new();
-        fin.agent_id = "a2".into();
-        fin.task_id = req.task_id.clone();
-        fin.status = task_response::Status::COMPLETED.into();
-        fin.is_final = true;
-        let mut sh = ShellExecuteResponse::new();
-        sh.exit_code = out.status.code().unwrap_or(-1);
-        fin.response = Some(task_response::Response::ShellExecute(sh));
-        block_on(sink.send((fin, WriteFlags::default()))).expect("send");
+        let fin = agent.exit(&req.task_id, out.status.code().unwrap_or(-1));
+        agent.send(fin, false);
         // Keep the stream open until the test has read the result.
         std::thread::sleep(Duration::from_millis(500));
     });

@@ -3,6 +3,7 @@
 //! bounded, and dropping a handle kills its process, so no test can hang or leak.
 #![allow(dead_code, unused_imports)]
 
+pub mod fake_agent;
 pub mod http;
 pub mod proxy;
 pub mod tasks;
@@ -139,6 +140,8 @@ pub struct ServerOpts {
     pub extra: Vec<String>,
     pub http_addr: String,
     pub grpc_addr: String,
+    /// Limit on the server's open file descriptors (RLIMIT_NOFILE), for fault tests.
+    pub nofile: Option<u64>,
 }
 
 impl Default for ServerOpts {
@@ -148,6 +151,7 @@ impl Default for ServerOpts {
             extra: vec![],
             http_addr: "127.0.0.1:0".into(),
             grpc_addr: "127.0.0.1:0".into(),
+            nofile: None,
         }
     }
 }
@@ -182,6 +186,23 @@ impl Server {
         .args(["--api-token", API_TOKEN])
         .args(&opts.extra)
         .env("RUST_LOG", "info");
+        if let Some(n) = opts.nofile {
+            use std::os::unix::process::CommandExt;
+            let limit = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe and touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
         let proc = Proc::spawn(cmd);
         let log = proc.wait_log("nodelink listening", Duration::from_secs(30));
         let line = log
@@ -300,4 +321,11 @@ pub fn wait_final(c: &Client, id: &str, limit: Duration) -> Value {
         );
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A loopback address with a port that was free a moment ago (for restarting a server on
+/// the same address).
+pub fn free_addr() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").to_string()
 }
