@@ -84,6 +84,15 @@ pub struct ServerArgs {
     /// Largest gRPC message accepted from an agent, in bytes.
     #[arg(long, env = "NODELINK_MAX_GRPC_MESSAGE_BYTES", default_value_t = 4 << 20)]
     pub max_grpc_message_bytes: usize,
+    /// Certificate chain (PEM) for TLS on the agent link; needs --tls-key.
+    #[arg(long, env = "NODELINK_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for TLS on the agent link; needs --tls-cert.
+    #[arg(long, env = "NODELINK_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) that must have signed agents' certificates: mutual TLS; needs --tls-cert.
+    #[arg(long, env = "NODELINK_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Flags of `nodelink agent`.
@@ -116,4 +125,16 @@ pub struct AgentArgs {
     /// Longest reconnect delay.
     #[arg(long, env = "NODELINK_BACKOFF_MAX", default_value = "60s", value_parser = duration)]
     pub backoff_max: Duration,
+    /// CA (PEM) that signed the server's certificate: connect with TLS.
+    #[arg(long, env = "NODELINK_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This agent's certificate (PEM), for servers that require mutual TLS; needs --tls-key.
+    #[arg(long, env = "NODELINK_AGENT_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This agent's private key (PEM); needs --tls-cert.
+    #[arg(long, env = "NODELINK_AGENT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Name expected in the server's certificate, when it differs from the --server host.
+    #[arg(long, env = "NODELINK_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }

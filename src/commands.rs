@@ -11,6 +11,7 @@ use nodelink::cli::{AgentArgs, ServerArgs};
 use nodelink::link::AgentTokens;
 use nodelink::server::{RunningServer, ServerConfig};
 use nodelink::tasks::ManagerConfig;
+use nodelink::tls::{load_pem, AgentTls, ServerTls, TlsError};
 
 fn server_config(args: &ServerArgs) -> ServerConfig {
     let manager = ManagerConfig {
@@ -34,7 +35,46 @@ fn server_config(args: &ServerArgs) -> ServerConfig {
         http_timeout: args.http_timeout,
         max_sse_clients: args.max_sse_clients,
         max_grpc_message_bytes: args.max_grpc_message_bytes,
+        tls: None,
     }
+}
+
+/// Reads the agent link's TLS files named on the command line, if any.
+fn server_tls(args: &ServerArgs) -> Result<Option<ServerTls>, TlsError> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    warn_if_readable_by_others(key);
+    Ok(Some(ServerTls {
+        cert: load_pem(cert, "certificate")?,
+        key: load_pem(key, "private key")?,
+        client_ca: args
+            .tls_client_ca
+            .as_deref()
+            .map(|p| load_pem(p, "client CA"))
+            .transpose()?,
+    }))
+}
+
+fn agent_tls(args: &AgentArgs) -> Result<Option<AgentTls>, TlsError> {
+    let Some(ca) = &args.tls_ca else {
+        return Ok(None);
+    };
+    let identity = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            warn_if_readable_by_others(key);
+            Some((
+                load_pem(cert, "certificate")?,
+                load_pem(key, "private key")?,
+            ))
+        }
+        _ => None,
+    };
+    Ok(Some(AgentTls {
+        ca: load_pem(ca, "CA")?,
+        identity,
+        server_name: args.tls_server_name.clone(),
+    }))
 }
 
 fn warn_if_readable_by_others(path: &Path) {
@@ -84,6 +124,13 @@ pub fn server(args: ServerArgs) -> u8 {
     let mut cfg = server_config(&args);
     cfg.agent_tokens = agent_tokens;
     cfg.api_token = Some(api_token);
+    cfg.tls = match server_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
     let server = match RunningServer::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -158,6 +205,13 @@ pub fn agent(args: AgentArgs) -> u8 {
     }
     let mut connect = ConnectConfig::new(args.server.clone(), args.id.clone(), args.token.clone());
     connect.backoff_max = args.backoff_max;
+    connect.tls = match agent_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
     let cfg = AgentConfig {
         connect,
         exec,

@@ -16,3 +16,4 @@ pub mod server;
 pub mod sse;
 pub mod tasks;
 pub mod timer;
+pub mod tls;

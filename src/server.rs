@@ -35,6 +35,8 @@ pub struct ServerConfig {
     pub max_sse_clients: usize,
     /// Largest gRPC message from an agent.
     pub max_grpc_message_bytes: usize,
+    /// TLS (and optionally mutual TLS) on the agent link; `None` is plaintext.
+    pub tls: Option<crate::tls::ServerTls>,
 }
 
 impl Default for ServerConfig {
@@ -50,6 +52,7 @@ impl Default for ServerConfig {
             http_timeout: Duration::from_secs(30),
             max_sse_clients: 1024,
             max_grpc_message_bytes: 4 << 20,
+            tls: None,
         }
     }
 }
@@ -112,14 +115,23 @@ impl RunningServer {
             .register_service(create_agent_service(link))
             .build()
             .map_err(|e| ServerError::Grpc(e.to_string()))?;
+        let creds = cfg
+            .tls
+            .as_ref()
+            .map_or_else(ServerCredentials::insecure, |t| t.credentials());
         let grpc_port = grpc
-            .add_listening_port(cfg.grpc_addr.to_string(), ServerCredentials::insecure())
+            .add_listening_port(cfg.grpc_addr.to_string(), creds)
             .map_err(|e| ServerError::Grpc(format!("{e} ({})", cfg.grpc_addr)))?;
         grpc.start();
         let http = crate::api::ApiServer::start(&cfg, manager.clone(), directory.clone())
             .map_err(|e| ServerError::Http(e.to_string()))?;
+        let security = match &cfg.tls {
+            None => "plaintext",
+            Some(t) if t.client_ca.is_some() => "mutual TLS",
+            Some(_) => "TLS",
+        };
         log::info!(
-            "nodelink listening: HTTP on {}, gRPC on {}:{}",
+            "nodelink listening: HTTP on {}, gRPC ({security}) on {}:{}",
             http.addr(),
             cfg.grpc_addr.ip(),
             grpc_port

@@ -36,6 +36,8 @@ pub struct ConnectConfig {
     pub keepalive: Duration,
     /// Largest message accepted from the server.
     pub max_message_bytes: usize,
+    /// TLS to the server; `None` is plaintext.
+    pub tls: Option<crate::tls::AgentTls>,
 }
 
 impl ConnectConfig {
@@ -49,6 +51,7 @@ impl ConnectConfig {
             backoff_max: Duration::from_secs(60),
             keepalive: Duration::from_secs(10),
             max_message_bytes: 4 << 20,
+            tls: None,
         }
     }
 }
@@ -129,15 +132,21 @@ fn serve_stream(
     outbox: &Arc<Outbox>,
     stop: &Receiver<()>,
 ) -> Result<StreamEnd, String> {
-    let channel = ChannelBuilder::new(env.clone())
+    let mut builder = ChannelBuilder::new(env.clone())
         .keepalive_time(cfg.keepalive)
         .keepalive_timeout(cfg.keepalive)
         .keepalive_permit_without_calls(true)
         // gRPC stops pinging after 2 pings without data unless told otherwise; an idle
         // stream must keep probing so a dead server is noticed.
         .http2_max_pings_without_data(0)
-        .max_receive_message_len(cfg.max_message_bytes.min(i32::MAX as usize) as i32)
-        .connect(&cfg.server);
+        .max_receive_message_len(cfg.max_message_bytes.min(i32::MAX as usize) as i32);
+    if let Some(tls) = &cfg.tls {
+        if let Some(name) = &tls.server_name {
+            builder = builder.override_ssl_target(name.clone());
+        }
+        builder = builder.set_credentials(tls.credentials());
+    }
+    let channel = builder.connect(&cfg.server);
     if !block_on(channel.wait_for_connected(Duration::from_secs(5))) {
         return Err("connection timed out".into());
     }

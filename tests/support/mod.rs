@@ -211,7 +211,7 @@ impl Server {
             .expect("listening line");
         let http = between(line, "HTTP on ", ",").to_string();
         let grpc = line
-            .rsplit("gRPC on ")
+            .rsplit(" on ")
             .next()
             .expect("grpc addr")
             .trim()
