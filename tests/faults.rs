@@ -13,7 +13,10 @@ use support::fake_agent::FakeAgent;
 use support::{create_shell, free_addr, start_agent, wait_final, Server, ServerOpts, API_TOKEN};
 
 fn server_with(extra: &[&str]) -> Server {
-    Server::start_with(ServerOpts { extra: extra.iter().map(|s| s.to_string()).collect(), ..ServerOpts::default() })
+    Server::start_with(ServerOpts {
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        ..ServerOpts::default()
+    })
 }
 
 #[test]
@@ -40,7 +43,11 @@ fn an_agent_killed_mid_task_fails_only_its_own_tasks_after_the_grace() {
 #[test]
 fn sigterm_ends_streams_with_a_goodbye_exits_zero_and_agents_come_back() {
     let (http, grpc) = (free_addr(), free_addr());
-    let opts = || ServerOpts { http_addr: http.clone(), grpc_addr: grpc.clone(), ..ServerOpts::default() };
+    let opts = || ServerOpts {
+        http_addr: http.clone(),
+        grpc_addr: grpc.clone(),
+        ..ServerOpts::default()
+    };
     let mut server = Server::start_with(opts());
     let _agent = start_agent(&server.grpc, "a1", "t1", &["--backoff-max", "1s"]);
     server.wait_agent("a1", true);
@@ -48,9 +55,15 @@ fn sigterm_ends_streams_with_a_goodbye_exits_zero_and_agents_come_back() {
     assert_eq!(stream.status, 200);
     let started = Instant::now();
     server.proc.signal(libc::SIGTERM);
-    let goodbye = stream.next_event(Duration::from_secs(5)).expect("a final event before the stream ends");
+    let goodbye = stream
+        .next_event(Duration::from_secs(5))
+        .expect("a final event before the stream ends");
     assert_eq!(goodbye.event, "shutdown");
-    assert_eq!(server.proc.wait_exit(Duration::from_secs(5)), Some(0), "exits 0 within 5 s");
+    assert_eq!(
+        server.proc.wait_exit(Duration::from_secs(5)),
+        Some(0),
+        "exits 0 within 5 s"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(server.proc.log().contains("nodelink stopped"));
 
@@ -58,14 +71,19 @@ fn sigterm_ends_streams_with_a_goodbye_exits_zero_and_agents_come_back() {
     again.wait_agent("a1", true); // reconnected by itself
     let c = again.client();
     let id = create_shell(&c, "a1", "echo back");
-    assert_eq!(wait_final(&c, &id, Duration::from_secs(20))["stdout"], "back\n");
+    assert_eq!(
+        wait_final(&c, &id, Duration::from_secs(20))["stdout"],
+        "back\n"
+    );
 }
 
 #[test]
 fn a_thousand_connections_at_once_do_not_stop_the_server() {
     raise_own_fd_limit();
     let server = Server::start();
-    let open: Vec<TcpStream> = (0..1000).filter_map(|_| TcpStream::connect(&server.http).ok()).collect();
+    let open: Vec<TcpStream> = (0..1000)
+        .filter_map(|_| TcpStream::connect(&server.http).ok())
+        .collect();
     assert!(open.len() >= 900, "opened {} connections", open.len());
     let c = server.client();
     let r = c.get("/healthz");
@@ -101,7 +119,8 @@ fn vanishing_and_trickling_clients_do_not_hold_up_others() {
             }
         }
         let mut buf = [0u8; 16];
-        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
         // The server closes it (or answers an error), it never waits forever.
         let _ = s.read(&mut buf);
     });
@@ -110,7 +129,10 @@ fn vanishing_and_trickling_clients_do_not_hold_up_others() {
     for _ in 0..20 {
         assert_eq!(c.get("/healthz").status, 200);
     }
-    assert!(started.elapsed() < Duration::from_secs(5), "others were served meanwhile");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "others were served meanwhile"
+    );
     trickler.join().expect("trickler");
     assert_eq!(c.get("/tasks").status, 200);
 }
@@ -118,13 +140,18 @@ fn vanishing_and_trickling_clients_do_not_hold_up_others() {
 #[test]
 fn reaching_the_descriptor_limit_is_survived() {
     raise_own_fd_limit();
-    let server = Server::start_with(ServerOpts { nofile: Some(128), ..ServerOpts::default() });
+    let server = Server::start_with(ServerOpts {
+        nofile: Some(128),
+        ..ServerOpts::default()
+    });
     let addr: std::net::SocketAddr = server.http.parse().expect("address");
     // More connections than the server has descriptors for; the rest wait in the backlog.
     let flood: Vec<TcpStream> = (0..200)
         .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok())
         .collect();
-    server.proc.wait_log("Cannot accept connections for now", Duration::from_secs(10));
+    server
+        .proc
+        .wait_log("Cannot accept connections for now", Duration::from_secs(10));
     drop(flood);
     let c = server.client();
     support::wait_until("the server accepts again", Duration::from_secs(15), || {
@@ -137,7 +164,8 @@ fn reaching_the_descriptor_limit_is_survived() {
 fn probe(addr: &str) -> Option<u16> {
     let mut s = TcpStream::connect(addr).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     out.split_whitespace().nth(1)?.parse().ok()
@@ -151,7 +179,10 @@ fn a_burst_of_100_000_responses_through_a_channel_of_100_loses_nothing() {
     let c = server.client();
     let id = create_shell(&c, "a1", "flood");
     let req = agent.next_request();
-    assert!(matches!(req.task, Some(task_request::Task::ShellExecute(_))));
+    assert!(matches!(
+        req.task,
+        Some(task_request::Task::ShellExecute(_))
+    ));
     const N: usize = 100_000;
     for i in 0..N {
         let resp = agent.output(&req.task_id, &format!("{i}\n"));
@@ -168,7 +199,10 @@ fn a_burst_of_100_000_responses_through_a_channel_of_100_loses_nothing() {
 }
 
 fn raise_own_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit write/read only the struct we pass.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < 4096 {
@@ -177,4 +211,3 @@ fn raise_own_fd_limit() {
         }
     }
 }
-

@@ -383,31 +383,25 @@ impl Inner {
     fn apply_report(&self, rep: AgentReport) {
         self.stats.responses.fetch_add(1, Ordering::Relaxed);
         let Ok(id) = Uuid::parse_str(&rep.task_id) else {
-            self.stats.unknown_responses.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
+            let why = format!(
                 "Task {:?} not found for response from agent {}",
-                rep.task_id,
-                rep.agent_id
+                rep.task_id, rep.agent_id
             );
-            return;
+            return self.ignore_unknown(&why);
         };
         let mut reg = self.registry.write();
         let Some(task) = reg.get_mut(&id) else {
-            self.stats.unknown_responses.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
+            return self.ignore_unknown(&format!(
                 "Task {id} not found for response from agent {}",
                 rep.agent_id
-            );
-            return;
+            ));
         };
         if task.agent_id != rep.agent_id {
-            self.stats.unknown_responses.fetch_add(1, Ordering::Relaxed);
-            log::warn!(
+            let why = format!(
                 "Agent {} reported on task {id} of agent {}; ignored",
-                rep.agent_id,
-                task.agent_id
+                rep.agent_id, task.agent_id
             );
-            return;
+            return self.ignore_unknown(&why);
         }
         let trigger = Trigger::Report {
             status: rep.status,
@@ -481,6 +475,12 @@ impl Inner {
         }
     }
 
+    /// Counts and logs a response for a task this agent may not report on.
+    fn ignore_unknown(&self, why: &str) {
+        self.stats.unknown_responses.fetch_add(1, Ordering::Relaxed);
+        log::warn!("{why}");
+    }
+
     /// Runs `trigger` through the transition table and applies the result.
     fn apply(
         &self,
@@ -527,6 +527,11 @@ impl Inner {
             }
             reg.mark_finished(&id);
             self.stats.count_finished(new);
+            if let Some(task) = reg.get(&id) {
+                self.stats
+                    .duration
+                    .observe(now.duration_since(task.created_at).unwrap_or_default());
+            }
             self.timers
                 .schedule_after(self.cfg.cleanup_delay, Timer::Unroute(id));
         }

@@ -29,4 +29,4 @@ pub use model::{
     TaskSnapshot, TaskSpec, TaskStatus,
 };
 pub use response_thread::ReportSink;
-pub use stats::Stats;
+pub use stats::{DurationHistogram, Stats, DURATION_BUCKETS};

@@ -2,6 +2,7 @@
 //! Plain atomics: any thread bumps them without a lock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use super::model::TaskStatus;
 
@@ -30,6 +31,50 @@ pub struct Stats {
     pub cleanup_runs: AtomicU64,
     /// Tasks removed by sweeps and eviction.
     pub cleanup_removed: AtomicU64,
+    /// Time from creation to a final status.
+    pub duration: DurationHistogram,
+}
+
+/// Upper bounds (seconds) of the task-duration buckets: sub-second commands up to the
+/// 24 h timeout limit.
+pub const DURATION_BUCKETS: [f64; 12] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, 86400.0,
+];
+
+/// A lock-free histogram with fixed buckets, read by the metrics exposition.
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    counts: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+impl DurationHistogram {
+    /// Records one duration.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = DURATION_BUCKETS
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Sum in seconds, count, and cumulative counts per bucket bound (last bound +Inf).
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, c) in self.counts.iter().enumerate() {
+            cumulative += c.load(Ordering::Relaxed);
+            buckets.push((
+                DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY),
+                cumulative,
+            ));
+        }
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        (sum, cumulative, buckets)
+    }
 }
 
 impl Stats {
