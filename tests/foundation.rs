@@ -79,7 +79,11 @@ fn an_agent_speaking_the_original_protocol_works_unchanged() {
             Some(task_request::Task::ShellExecute(s)) => s.cmd,
             other => panic!("expected shell_execute, got {other:?}"),
         };
-        let out = std::process::Command::new("/bin/sh").arg("-c").arg(&cmd).output().expect("runs");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&cmd)
+            .output()
+            .expect("runs");
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         for line in text.split_inclusive('\n') {
             let resp = agent.output(&req.task_id, line);

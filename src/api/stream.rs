@@ -6,7 +6,8 @@
 //! Each stream gets its own small writer thread that owns the connection, so HTTP workers
 //! are never held by a stream. The writer waits on its bounded queue from the hub; when idle
 //! for 15 s it writes a comment so proxies keep the connection, and so a client that went
-//! away is noticed at the latest then (a write fails) and its resources released.
+//! away is noticed and its resources (writer thread, hub slot) released: within two such
+//! intervals, as the first write after the client closed still succeeds.
 
 use std::time::Duration;
 
@@ -118,10 +119,19 @@ fn start_task_stream(state: &ApiState, raw: &str, last: Option<u64>) -> Result<S
     // Subscribe before reading history: an event published in between arrives twice (the
     // writer skips it by sequence number) instead of never.
     let sub = state.hub.subscribe_task(id)?;
-    let after = last.unwrap_or(0);
-    let (history, done) = state.manager.replay(id, after)?;
-    let last_seq = history.last().map_or(after, |e| e.task_seq);
-    Ok((sub, history, Mode::Task { last_seq, done }))
+    let replay = state.manager.replay(id, last.unwrap_or(0))?;
+    let last_seq = replay
+        .events
+        .last()
+        .map_or(last.unwrap_or(0).min(replay.last_seq), |e| e.task_seq);
+    Ok((
+        sub,
+        replay.events,
+        Mode::Task {
+            last_seq,
+            done: replay.finished,
+        },
+    ))
 }
 
 fn start_global_stream(state: &ApiState, last: Option<u64>) -> Result<Started, ApiError> {

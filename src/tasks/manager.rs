@@ -37,6 +37,17 @@ enum Timer {
     AgentGrace { agent_id: Arc<str>, generation: u64 },
 }
 
+/// A task's history as a late-joining or resuming reader gets it.
+#[derive(Debug)]
+pub struct Replay {
+    /// Retained events after the requested sequence number, in order.
+    pub events: Vec<TaskEvent>,
+    /// Whether the task was final when the history was read.
+    pub finished: bool,
+    /// The sequence number of the task's newest event at that moment.
+    pub last_seq: u64,
+}
+
 /// Handle to a running task manager; cheap to clone, shared by every thread.
 #[derive(Clone)]
 pub struct TaskManager {
@@ -173,14 +184,18 @@ impl TaskManager {
         self.inner.registry.read().running_per_agent()
     }
 
-    /// The task's retained events after `after` (0: all), and whether it is final.
-    pub fn replay(&self, id: TaskId, after: u64) -> Result<(Vec<TaskEvent>, bool), TaskError> {
+    /// The task's retained events after `after` (0: all), whether it is final, and the
+    /// sequence number the history ends at. An `after` beyond the task's newest event (a
+    /// client's id from elsewhere) is treated as "up to now", so live events still follow.
+    pub fn replay(&self, id: TaskId, after: u64) -> Result<Replay, TaskError> {
         let reg = self.inner.registry.read();
         let task = reg.get(&id).ok_or(TaskError::NotFound(id))?;
-        Ok((
-            task.output.replay(task.id, &task.agent_id, after),
-            task.status.is_final(),
-        ))
+        let after = after.min(task.output.last_seq());
+        Ok(Replay {
+            events: task.output.replay(task.id, &task.agent_id, after),
+            finished: task.status.is_final(),
+            last_seq: task.output.last_seq(),
+        })
     }
 
     /// Removes finished tasks older than `older_than`; returns how many.

@@ -23,7 +23,7 @@ pub use config::ManagerConfig;
 pub use error::TaskError;
 pub use events::{Delivery, EventKind, Listener, TaskEvent};
 pub use gateway::{AgentGateway, GatewayError};
-pub use manager::TaskManager;
+pub use manager::{Replay, TaskManager};
 pub use model::{
     AgentCommand, AgentReport, DockerOp, OutputSnapshot, ReportStatus, TaskFilter, TaskId,
     TaskSnapshot, TaskSpec, TaskStatus,

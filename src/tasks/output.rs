@@ -118,6 +118,11 @@ impl OutputLog {
         }
     }
 
+    /// The sequence number of the newest event (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.next_seq - 1
+    }
+
     /// Records a status change and returns its sequence number.
     pub fn record_status(
         &mut self,
