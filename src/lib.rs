@@ -11,6 +11,7 @@ pub mod api;
 pub mod cli;
 pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod sse;

@@ -136,6 +136,7 @@ impl RunningServer {
             cfg.grpc_addr.ip(),
             grpc_port
         );
+        http.set_ready(true);
         Ok(RunningServer {
             manager,
             directory,

@@ -417,7 +417,7 @@ fn health_needs_no_token_and_head_requests_get_headers_only() {
 // error codes
 
 #[test]
-fn every_route_but_health_refuses_a_missing_or_wrong_token_with_401() {
+fn every_route_but_the_probes_refuses_a_missing_or_wrong_token_with_401() {
     let server = Server::start();
     let _a1 = server.agent("a1", "t1");
     let body =
@@ -438,7 +438,11 @@ fn every_route_but_health_refuses_a_missing_or_wrong_token_with_401() {
     ];
     let anonymous = Client::new(&server.http, None);
     let mut checked = 0;
-    for route in ROUTES.iter().filter(|r| r.pattern != "/healthz") {
+    // The liveness and readiness probes are the only open routes.
+    for route in ROUTES
+        .iter()
+        .filter(|r| !["/healthz", "/readyz"].contains(&r.pattern))
+    {
         let path = route.pattern.replace("{id}", UNKNOWN_TASK);
         let body = (route.method == "POST").then_some(body.as_bytes());
         for (what, authorization) in &credentials {

@@ -1,7 +1,7 @@
 //! REST handlers: parse and check the request, call the task manager, answer JSON. Runs on
 //! the HTTP worker threads; every failure is an `ApiError` answered once, here.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 use tiny_http::Request;
@@ -16,32 +16,45 @@ use crate::http::request::{
 use crate::http::{respond, ApiError, Params};
 use crate::tasks::{DockerOp, TaskFilter, TaskId, TaskSpec, TaskStatus};
 
-/// Answers one request; the HTTP workers' handler.
-pub fn handle(state: &ApiState, mut req: Request) {
+/// Answers one request and records it in the metrics; the HTTP workers' handler.
+pub fn handle(state: &ApiState, req: Request) {
+    let started = Instant::now();
+    let (route, code) = dispatch(state, req);
+    state
+        .metrics
+        .observe_request(route, code, started.elapsed());
+}
+
+/// Routes, authenticates and answers; returns the route pattern and the status sent.
+fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
     let route = match state.router.resolve(req.method().as_str(), req.url()) {
         Ok(r) => r,
         Err(e) => {
             respond::error(req, &e);
-            return;
+            return ("unmatched", e.status());
         }
     };
-    if route.name != Route::Health {
+    let label = route.pattern;
+    if !matches!(route.name, Route::Health | Route::Ready) {
         if let Some(token) = &state.api_token {
             if let Err(e) = require_bearer(&req, token) {
                 respond::error(req, &e);
-                return;
+                return (label, e.status());
             }
         }
     }
     let query = Query::from_url(req.url());
     let result =
         match route.name {
-            Route::Stream => {
-                // Takes the connection over (or answers the error itself).
-                stream::serve(state, req, &query);
-                return;
-            }
+            // Streams take the connection over (or answer the error themselves).
+            Route::Stream => return (label, stream::serve(state, req, &query)),
+            Route::Metrics => return (label, metrics(state, req)),
             Route::Health => Ok(json!({"status": "ok"})),
+            Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
+            Route::Ready => Err(ApiError::service_unavailable(
+                "not ready: starting or shutting down",
+                None,
+            )),
             Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
                 .and_then(|b| create_shell(state, &b)),
             Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
@@ -61,12 +74,36 @@ pub fn handle(state: &ApiState, mut req: Request) {
     match result {
         Ok(body) => {
             respond::json(req, 200, &body);
+            (label, 200)
         }
         Err(e) => {
             respond::error(req, &e);
+            (label, e.status())
         }
     }
 }
+
+/// `GET /metrics`: the Prometheus/OpenMetrics text exposition.
+fn metrics(state: &ApiState, req: Request) -> u16 {
+    match state.metrics.render() {
+        Ok(text) => {
+            let mut resp = tiny_http::Response::from_string(text);
+            if let Some(h) = respond::make_header("Content-Type", METRICS_CONTENT_TYPE) {
+                resp.add_header(h);
+            }
+            respond::send(req, resp);
+            200
+        }
+        Err(_) => {
+            let e = ApiError::internal("could not encode metrics");
+            respond::error(req, &e);
+            e.status()
+        }
+    }
+}
+
+/// What prometheus-client's text encoder produces.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 fn not_found(id: TaskId) -> ApiError {
     ApiError::from(crate::tasks::TaskError::NotFound(id))

@@ -10,10 +10,12 @@ mod routes;
 mod stream;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::http::{HttpConfig, HttpServer, Router};
 use crate::link::{AgentDirectory, AgentTokens};
+use crate::metrics::Metrics;
 use crate::server::ServerConfig;
 use crate::sse::SseHub;
 use crate::tasks::TaskManager;
@@ -36,12 +38,24 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     /// Route table.
     pub router: Router<Route>,
+    /// Request counts and latencies, and the exposition of everything else.
+    pub metrics: Arc<Metrics>,
+    /// Whether both listeners are up and the server is not stopping.
+    pub ready: AtomicBool,
+}
+
+impl ApiState {
+    /// What `GET /readyz` reports.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
 }
 
 /// The running HTTP side.
 pub struct ApiServer {
     http: HttpServer,
     hub: Arc<SseHub>,
+    state: Arc<ApiState>,
 }
 
 /// Events buffered per SSE client before it counts as too slow.
@@ -60,9 +74,12 @@ impl ApiServer {
         let listener_hub = hub.clone();
         manager.add_listener("sse", Box::new(move |d| listener_hub.deliver(d)))?;
         let router = Router::new(ROUTES).map_err(std::io::Error::other)?;
+        let metrics = Metrics::new(manager.clone(), directory.clone(), hub.clone());
         let state = Arc::new(ApiState {
             manager,
             directory,
+            metrics,
+            ready: AtomicBool::new(false),
             agent_tokens: Arc::new(cfg.agent_tokens.clone()),
             hub: hub.clone(),
             api_token: cfg.api_token.clone(),
@@ -76,11 +93,12 @@ impl ApiServer {
             read_timeout: Some(cfg.http_timeout),
             write_timeout: Some(cfg.http_timeout),
         };
+        let worker_state = state.clone();
         let http = HttpServer::start(
             &http_cfg,
-            Arc::new(move |req| handlers::handle(&state, req)),
+            Arc::new(move |req| handlers::handle(&worker_state, req)),
         )?;
-        Ok(ApiServer { http, hub })
+        Ok(ApiServer { http, hub, state })
     }
 
     /// The bound address.
@@ -88,8 +106,14 @@ impl ApiServer {
         self.http.local_addr()
     }
 
+    /// Says whether `GET /readyz` answers ready.
+    pub fn set_ready(&self, ready: bool) {
+        self.state.ready.store(ready, Ordering::SeqCst);
+    }
+
     /// Stops accepting requests and ends every event stream with a `shutdown` event.
     pub fn stop(&mut self) {
+        self.set_ready(false);
         self.hub.shutdown();
         self.http.stop();
     }

@@ -23,6 +23,10 @@ pub enum Route {
     Stream,
     /// `GET /healthz`
     Health,
+    /// `GET /readyz`
+    Ready,
+    /// `GET /metrics`
+    Metrics,
 }
 
 /// Method, path pattern and route of every endpoint.
@@ -36,4 +40,6 @@ pub const ROUTES: &[RouteSpec<Route>] = &[
     RouteSpec::new("GET", "/agents/{id}/tasks", Route::AgentTasks),
     RouteSpec::new("GET", "/stream", Route::Stream),
     RouteSpec::new("GET", "/healthz", Route::Health),
+    RouteSpec::new("GET", "/readyz", Route::Ready),
+    RouteSpec::new("GET", "/metrics", Route::Metrics),
 ];

@@ -28,8 +28,8 @@ const WRITER_STACK: usize = 256 * 1024;
 
 type Writer = SseWriter<Box<dyn std::io::Write + Send>>;
 
-/// Answers `GET /stream`: starts a writer thread, or answers the error.
-pub fn serve(state: &ApiState, req: Request, query: &Query) {
+/// Answers `GET /stream`: starts a writer thread, or answers the error; returns the status.
+pub fn serve(state: &ApiState, req: Request, query: &Query) -> u16 {
     let last = match last_event_id(&req).map(str::parse::<u64>) {
         None => None,
         Some(Ok(n)) => Some(n),
@@ -38,7 +38,7 @@ pub fn serve(state: &ApiState, req: Request, query: &Query) {
                 "Last-Event-ID must be an event id this server sent (a number)",
             );
             respond::error(req, &e);
-            return;
+            return e.status();
         }
     };
     let started = match query.get("ref") {
@@ -49,7 +49,7 @@ pub fn serve(state: &ApiState, req: Request, query: &Query) {
         Ok(s) => s,
         Err(e) => {
             respond::error(req, &e);
-            return;
+            return e.status();
         }
     };
     if *req.method() == Method::Head {
@@ -57,7 +57,7 @@ pub fn serve(state: &ApiState, req: Request, query: &Query) {
         // body: streaming events after it would be read as the connection's next response.
         drop(sub);
         respond::send(req, stream_head());
-        return;
+        return 200;
     }
     let hub = state.hub.clone();
     let spawned = std::thread::Builder::new()
@@ -75,8 +75,13 @@ pub fn serve(state: &ApiState, req: Request, query: &Query) {
                 log::debug!("event-stream client left: {e}");
             }
         });
-    if let Err(e) = spawned {
-        log::error!("cannot start an event-stream writer thread: {e}");
+    match spawned {
+        Ok(_) => 200,
+        Err(e) => {
+            // The request went down with the closure; tiny_http answers it with a 500.
+            log::error!("cannot start an event-stream writer thread: {e}");
+            500
+        }
     }
 }
 
