@@ -47,6 +47,21 @@ pub fn wait_stdout(c: &Client, id: &str, needle: &str, limit: Duration) -> Value
     }
 }
 
+/// Waits for the first line of a task's stdout and reads it as a pid: tasks that start with
+/// `echo $$` print their shell's pid, which is also the process group of all they start.
+pub fn first_line_pid(c: &Client, id: &str, limit: Duration) -> i32 {
+    let t = wait_stdout(c, id, "\n", limit);
+    let line = t["stdout"]
+        .as_str()
+        .unwrap_or_default()
+        .lines()
+        .next()
+        .unwrap_or_default();
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("first line is not a pid: {line:?}"))
+}
+
 /// Pids of the live (not zombie) processes whose process group is `pgid`, from /proc.
 pub fn group_members(pgid: i32) -> Vec<i32> {
     let mut pids = Vec::new();
