@@ -145,3 +145,15 @@ fn the_server_refuses_to_start_without_credentials() {
         "{err}"
     );
 }
+
+#[test]
+fn a_real_agent_with_a_wrong_token_says_why_and_is_never_registered() {
+    let server = Server::start();
+    let agent = support::start_agent(&server.grpc, "a1", "wrong-token", &["--backoff-max", "1s"]);
+    agent.wait_log("refused agent a1's credentials", Duration::from_secs(20));
+    server.wait_agent("a1", false);
+    assert!(
+        !agent.log().contains("wrong-token"),
+        "tokens never appear in logs"
+    );
+}

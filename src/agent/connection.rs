@@ -88,7 +88,15 @@ pub fn run(cfg: &ConnectConfig, runner: Arc<Runner>, outbox: Arc<Outbox>, stop: 
         match serve_stream(cfg, &env, &runner, &outbox, &stop) {
             Ok(StreamEnd::Stopped) => return,
             Ok(StreamEnd::Lost(why)) => {
-                log::warn!("Lost the server at {}: {why}", cfg.server);
+                if why.contains("UNAUTHENTICATED") {
+                    log::error!(
+                        "The server at {} refused agent {}'s credentials: check --id and --token",
+                        cfg.server,
+                        cfg.agent_id
+                    );
+                } else {
+                    log::warn!("Lost the server at {}: {why}", cfg.server);
+                }
             }
             Err(why) => log::warn!("Cannot reach the server at {}: {why}", cfg.server),
         }
@@ -159,7 +167,13 @@ fn serve_stream(
     let (mut sink, mut receiver) = client
         .stream_tasks_opt(CallOption::default().headers(meta.build()))
         .map_err(|e| e.to_string())?;
-    log::info!("Connected to {} as agent {}", cfg.server, cfg.agent_id);
+    // The server answers a bad token by ending the stream, so "connected" here means the
+    // stream is open; a refusal follows as a lost stream.
+    log::info!(
+        "Connected to {} as agent {} (stream open)",
+        cfg.server,
+        cfg.agent_id
+    );
 
     // The reader is detached: when the stream breaks it ends by itself, and a request that
     // still arrives on a dying stream is handled like any other.
