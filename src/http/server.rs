@@ -6,8 +6,7 @@
 //! Threads involved: tiny_http's own accept thread and its per-connection threads
 //! (they read request heads, and bodies of at most 1024 bytes, before a request is
 //! queued); our workers (they run handlers, including reading larger bodies and
-//! writing responses and SSE streams); and, when a read timeout is configured, one
-//! "keeper" thread explained below.
+//! writing responses and SSE streams).
 //!
 //! Socket timeouts. tiny_http sets none, so a silent or slow client would hold its
 //! connection thread (and, while a worker reads its body, that worker) forever. On
@@ -15,14 +14,12 @@
 //! SO_RCVTIMEO/SO_SNDTIMEO; we therefore create the `TcpListener` ourselves, set both
 //! options on it, and give it to `tiny_http::Server::from_listener`. Every read and
 //! write on every connection is then bounded by the timeouts, whichever thread does it.
-//! The catch: SO_RCVTIMEO on a listening socket also bounds `accept()`, and tiny_http's
-//! accept thread gives up for good on the first accept error, so an idle period longer
-//! than the read timeout would silently kill the server. The keeper thread prevents
-//! that by opening (and immediately closing) a loopback connection to the listener at
-//! a fraction of the read timeout, so `accept()` always returns a connection before it
-//! can time out; those connections never produce a request. If the accept thread dies
-//! anyway (e.g. fd exhaustion: tiny_http also stops on EMFILE), `is_accepting()`
-//! turns false and an error is logged, so a supervisor can restart the process.
+//! SO_RCVTIMEO on a listening socket also bounds `accept()`; upstream tiny_http's accept
+//! thread gave up for good on the first accept error (a timeout, EMFILE), so an idle
+//! period longer than the read timeout silently killed the server. The vendored
+//! tiny_http (vendor/tiny_http/PATCHED.md) treats such errors as transient. If the
+//! accept thread dies anyway on another error, `is_accepting()` turns false and an
+//! error is logged, so a supervisor can restart the process.
 //!
 //! What a slow client can still hold, with these timeouts (T = read timeout):
 //! - a tiny_http connection thread (one OS thread per open connection, no cap) while
@@ -48,14 +45,13 @@
 
 use std::any::Any;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use tiny_http::Request;
 
 /// The request handler every worker calls; it owns the request and must answer it
@@ -69,7 +65,7 @@ pub struct HttpConfig {
     pub addr: String,
     /// Number of worker threads running handlers (at least 1 is used).
     pub workers: usize,
-    /// Thread-name prefix: workers are `{name}-{i}`, the keeper `{name}-keeper`.
+    /// Thread-name prefix: workers are `{name}-{i}`.
     pub thread_name: String,
     /// Max time any single socket read may wait: bounds slow or silent clients and
     /// is also the keep-alive idle timeout. `None` disables it (not recommended).
@@ -110,7 +106,6 @@ pub struct HttpServer {
     server: Option<Arc<tiny_http::Server>>,
     local_addr: SocketAddr,
     workers: Vec<JoinHandle<()>>,
-    keeper: Option<(Sender<()>, JoinHandle<()>)>,
     shared: Arc<Shared>,
 }
 
@@ -137,35 +132,9 @@ impl HttpServer {
             server: Some(server.clone()),
             local_addr,
             workers: Vec::new(),
-            keeper: None,
             shared: shared.clone(),
         };
         // From here on, an early return drops `this`, which stops what was started.
-        if let Some(t) = config.read_timeout {
-            let (tx, rx) = bounded::<()>(0);
-            let target = keeper_target(local_addr);
-            let interval = (t / 5).clamp(Duration::from_millis(10), Duration::from_secs(1));
-            let shared = shared.clone();
-            let handle = thread::Builder::new()
-                .name(format!("{}-keeper", config.thread_name))
-                .spawn(move || loop {
-                    match rx.recv_timeout(interval) {
-                        Err(RecvTimeoutError::Timeout) => {}
-                        _ => return,
-                    }
-                    match TcpStream::connect_timeout(
-                        &target,
-                        interval.max(Duration::from_millis(100)),
-                    ) {
-                        Ok(stream) => drop(stream),
-                        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                            shared.accept_died("listener closed (accept thread exited)");
-                        }
-                        Err(e) => log::warn!("HTTP keeper connect to {target} failed: {e}"),
-                    }
-                })?;
-            this.keeper = Some((tx, handle));
-        }
         for i in 0..config.workers.max(1) {
             let (server, handler, shared) = (server.clone(), handler.clone(), shared.clone());
             let handle = thread::Builder::new()
@@ -201,12 +170,6 @@ impl HttpServer {
             return;
         };
         self.shared.stopping.store(true, Ordering::Release);
-        if let Some((tx, handle)) = self.keeper.take() {
-            drop(tx);
-            if handle.join().is_err() {
-                log::error!("HTTP keeper thread panicked");
-            }
-        }
         // Each unblock() wakes exactly one `recv()`; a worker exits after one wake-up.
         for _ in &self.workers {
             server.unblock();
@@ -260,15 +223,6 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("<non-string panic payload>")
-}
-
-fn keeper_target(bound: SocketAddr) -> SocketAddr {
-    let ip = match bound.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    SocketAddr::new(ip, bound.port())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -328,16 +282,6 @@ fn set_socket_timeout(_: &TcpListener, which: SocketTimeout, _: Duration) -> io:
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn keeper_targets_loopback_for_wildcard_binds() {
-        let t = keeper_target("0.0.0.0:81".parse().expect("addr"));
-        assert_eq!(t, "127.0.0.1:81".parse().expect("addr"));
-        let t = keeper_target("[::]:81".parse().expect("addr"));
-        assert_eq!(t, "[::1]:81".parse().expect("addr"));
-        let t = keeper_target("10.1.2.3:81".parse().expect("addr"));
-        assert_eq!(t, "10.1.2.3:81".parse().expect("addr"));
-    }
 
     #[test]
     fn panic_messages() {

@@ -589,8 +589,8 @@ fn silent_client_blocks_nobody_and_is_closed() {
 
 #[test]
 fn idle_server_keeps_accepting_past_the_read_timeout() {
-    // SO_RCVTIMEO on the listener also bounds accept(); without the keeper, tiny_http's
-    // accept thread would die after 200 ms of idleness and this request would fail.
+    // SO_RCVTIMEO on the listener also bounds accept(); upstream tiny_http's accept thread
+    // died after 200 ms of idleness and this request failed (vendor/tiny_http/PATCHED.md).
     let server = start_with(1, Duration::from_millis(200), Duration::from_secs(5));
     thread::sleep(Duration::from_millis(1000));
     assert!(server.is_accepting());
