@@ -69,7 +69,12 @@ impl TaskPool {
     pub fn spawn(&self, code: Box<dyn FnMut() + Send>) {
         let mut queue = self.sharing.todo.lock().unwrap();
 
-        if self.sharing.waiting_tasks.load(Ordering::Acquire) == 0 {
+        // nodelink patch: queue only when an idle thread is left for this task. Upstream
+        // queued whenever any thread was idle, so a burst of connections piled onto one
+        // idle thread, and since each task serves a keep-alive connection for its whole
+        // life, the later ones waited until an earlier connection closed.
+        if self.sharing.waiting_tasks.load(Ordering::Acquire) <= queue.len() {
+            drop(queue);
             self.add_thread(Some(code));
         } else {
             queue.push_back(code);
@@ -79,8 +84,11 @@ impl TaskPool {
 
     fn add_thread(&self, initial_fn: Option<Box<dyn FnMut() + Send>>) {
         let sharing = self.sharing.clone();
+        // nodelink patch: thread::spawn panics when no thread can be made (a thread or
+        // memory limit), which killed the accept thread. Now that one connection is closed
+        // (its task is dropped) and the server keeps accepting.
 
-        thread::spawn(move || {
+        let spawned = thread::Builder::new().spawn(move || {
             let sharing = sharing;
             let _active_guard = Registration::new(&sharing.active_tasks);
 
@@ -124,6 +132,9 @@ impl TaskPool {
                 task();
             }
         });
+        if let Err(e) = spawned {
+            log::warn!("Cannot start a connection thread ({}); closing that connection", e);
+        }
     }
 }
 
