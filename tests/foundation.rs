@@ -157,3 +157,47 @@ fn a_real_agent_with_a_wrong_token_says_why_and_is_never_registered() {
         "tokens never appear in logs"
     );
 }
+
+#[test]
+fn a_token_file_readable_by_others_draws_a_warning_and_tokens_stay_out_of_logs() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = support::TempDir::new("perms");
+    let file = dir.join("agents.json");
+    std::fs::write(&file, r#"{"a1": "very-secret-agent-token"}"#).expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mut child = std::process::Command::new(support::binary())
+        .args([
+            "server",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--api-token", "very-secret-api-token"])
+        .arg("--agent-tokens")
+        .arg(&file)
+        .env("RUST_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut log = String::new();
+    for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("nodelink listening") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log.contains("readable by other users") && log.contains("chmod 600"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("very-secret"),
+        "no token in any log line:\n{log}"
+    );
+}
