@@ -247,38 +247,34 @@ impl AgentPool {
 
     /// Every agent keeps its stream open and reads (and ignores) what arrives.
     pub fn hold(&mut self) {
-        for a in &mut self.agents {
-            let (Some(mut receiver), Some(mut stopped)) = (a.receiver.take(), a.stopped.take())
-            else {
-                continue;
-            };
-            let stats = self.stats.clone();
-            stats.live.fetch_add(1, Ordering::Relaxed);
-            a.client.spawn(async move {
-                loop {
-                    match next_request(&mut receiver, &mut stopped).await {
-                        Some(Ok(_)) => {
-                            stats.requests.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(Err(e)) => {
-                            stats.fail(e.to_string());
-                            break;
-                        }
-                        None => break,
-                    }
-                }
-                stats.live.fetch_sub(1, Ordering::Relaxed);
-            });
-        }
+        self.read_requests(|| |_: TaskRequest| {});
     }
 
     /// Every agent records the ids of the shell tasks it receives (and nothing else), for
     /// [`AgentPool::stream`]. Returns the per-agent inboxes, in agent order.
     pub fn collect(&mut self) -> Vec<Arc<Mutex<Vec<String>>>> {
         let mut inboxes = Vec::with_capacity(self.agents.len());
-        for a in &mut self.agents {
+        self.read_requests(|| {
             let inbox = Arc::new(Mutex::new(Vec::new()));
             inboxes.push(inbox.clone());
+            move |req: TaskRequest| {
+                if matches!(req.task, Some(task_request::Task::ShellExecute(_))) {
+                    inbox.lock().push(req.task_id);
+                }
+            }
+        });
+        inboxes
+    }
+
+    /// Reads every agent's requests on the gRPC threads until its stream ends, counting
+    /// them and handing each to the agent's own handler; `handler` makes one per agent, in
+    /// agent order.
+    fn read_requests<H>(&mut self, mut handler: impl FnMut() -> H)
+    where
+        H: FnMut(TaskRequest) + Send + 'static,
+    {
+        for a in &mut self.agents {
+            let mut on_request = handler();
             let (Some(mut receiver), Some(mut stopped)) = (a.receiver.take(), a.stopped.take())
             else {
                 continue;
@@ -290,9 +286,7 @@ impl AgentPool {
                     match next_request(&mut receiver, &mut stopped).await {
                         Some(Ok(req)) => {
                             stats.requests.fetch_add(1, Ordering::Relaxed);
-                            if matches!(req.task, Some(task_request::Task::ShellExecute(_))) {
-                                inbox.lock().push(req.task_id);
-                            }
+                            on_request(req);
                         }
                         Some(Err(e)) => {
                             stats.fail(e.to_string());
@@ -304,7 +298,6 @@ impl AgentPool {
                 stats.live.fetch_sub(1, Ordering::Relaxed);
             });
         }
-        inboxes
     }
 
     /// Streams output for each agent's `tasks[i]` as fast as flow control allows, round-robin
