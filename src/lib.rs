@@ -13,6 +13,7 @@ pub mod http;
 pub mod link;
 pub mod metrics;
 pub mod proto;
+pub mod secrets;
 pub mod server;
 pub mod sse;
 pub mod tasks;

@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use tiny_http::Request;
 
 use super::error::ApiError;
+use crate::secrets::constant_time_eq;
 
 /// First value of header `name` (case-insensitive), if present.
 pub fn header<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
@@ -356,20 +357,6 @@ pub fn reject_unknown_fields(obj: &Map<String, Value>, allowed: &[&str]) -> Resu
     }
 }
 
-/// Compares secrets without an early exit on content: every byte position up to the
-/// longer length is XOR-folded, and a length mismatch is folded into the same
-/// accumulator, so timing reveals only the longer length, never the matching prefix.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let len = a.len().max(b.len());
-    let mut diff = a.len() ^ b.len();
-    for i in 0..len {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x ^ y);
-    }
-    std::hint::black_box(diff) == 0
-}
-
 /// Extracts the token from an `Authorization` value `Bearer <token>` (scheme matched
 /// case-insensitively); `None` for other schemes or an empty token.
 pub fn parse_bearer(value: &str) -> Option<&str> {
@@ -461,18 +448,6 @@ mod tests {
             Err(400)
         );
         assert!(Query::from_url("/plain").pairs().is_empty());
-    }
-
-    #[test]
-    fn constant_time_compare() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(constant_time_eq(b"", b""));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"secret", b"secre"));
-        assert!(!constant_time_eq(b"", b"x"));
-        // Equal up to a shorter length padded with zeros must still differ.
-        assert!(!constant_time_eq(b"ab\0", b"ab"));
     }
 
     #[test]
