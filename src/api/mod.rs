@@ -58,8 +58,13 @@ pub struct ApiServer {
     state: Arc<ApiState>,
 }
 
-/// Events buffered per SSE client before it counts as too slow.
+/// Frames (event batches) buffered per SSE client before it counts as too slow: under load
+/// about five seconds of events, at one frame per `SSE_BATCH_INTERVAL`.
 const SSE_CLIENT_QUEUE: usize = 1024;
+/// Least time between two batches of events handed to SSE clients. Under load every client's
+/// writer then wakes and writes at most this often, whatever the event rate; when events are
+/// sparse, each goes out at once.
+const SSE_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 /// Recent events kept for clients of the global stream that resume.
 const GLOBAL_WINDOW: usize = 10_000;
 
@@ -70,9 +75,18 @@ impl ApiServer {
         manager: TaskManager,
         directory: Arc<AgentDirectory>,
     ) -> std::io::Result<Self> {
-        let hub = SseHub::new(cfg.max_sse_clients, SSE_CLIENT_QUEUE, GLOBAL_WINDOW);
+        let hub = SseHub::new(
+            cfg.max_sse_clients,
+            SSE_CLIENT_QUEUE,
+            GLOBAL_WINDOW,
+            json::event_sse,
+        );
         let listener_hub = hub.clone();
-        manager.add_listener("sse", Box::new(move |d| listener_hub.deliver(d)))?;
+        manager.add_coalescing_listener(
+            "sse",
+            SSE_BATCH_INTERVAL,
+            Box::new(move |d| listener_hub.deliver(d)),
+        )?;
         let router = Router::new(ROUTES).map_err(std::io::Error::other)?;
         let metrics = Metrics::new(manager.clone(), directory.clone(), hub.clone());
         let state = Arc::new(ApiState {

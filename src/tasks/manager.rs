@@ -135,9 +135,20 @@ impl TaskManager {
         self.inner.sink.clone()
     }
 
-    /// Registers an event listener on its own thread.
+    /// Registers an event listener on its own thread; it gets whatever is queued at once.
     pub fn add_listener(&self, name: &str, listener: Listener) -> std::io::Result<()> {
-        self.inner.listeners.add(name, listener)
+        self.inner.listeners.add(name, Duration::ZERO, listener)
+    }
+
+    /// Registers a listener whose batches are at least `every` apart: for a listener whose
+    /// cost is per batch rather than per event (the SSE hub wakes every client per batch).
+    pub fn add_coalescing_listener(
+        &self,
+        name: &str,
+        every: Duration,
+        listener: Listener,
+    ) -> std::io::Result<()> {
+        self.inner.listeners.add(name, every, listener)
     }
 
     /// Events dropped for listeners that fell behind.

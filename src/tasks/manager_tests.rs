@@ -91,8 +91,10 @@ fn recorder(m: &TaskManager) -> Receiver<Arc<TaskEvent>> {
     m.add_listener(
         "test",
         Box::new(move |d| {
-            if let Delivery::Event(e) = d {
-                let _ = tx.send(e);
+            if let Delivery::Events(events) = d {
+                for e in events {
+                    let _ = tx.send(e);
+                }
             }
         }),
     )
