@@ -58,7 +58,7 @@ enum ReadError {
     /// nodelink patch: the request line is longer than `max_request_line_bytes`
     RequestLineTooLong,
     /// nodelink patch: the header section is larger than `max_header_bytes`
-    HeadersTooLarge(HTTPVersion),
+    HeadersTooLarge,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -66,10 +66,7 @@ enum ReadError {
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
-    pub fn new(
-        write_socket: RefinedTcpStream,
-        read_socket: RefinedTcpStream,
-    ) -> ClientConnection {
+    pub fn new(write_socket: RefinedTcpStream, read_socket: RefinedTcpStream) -> ClientConnection {
         Self::with_limits(
             write_socket,
             read_socket,
@@ -172,7 +169,7 @@ impl ClientConnection {
                     let line = self
                         .read_next_line(budget.saturating_sub(2))
                         .map_err(ReadError::ReadIoError)?
-                        .ok_or(ReadError::HeadersTooLarge(version.clone()))?;
+                        .ok_or(ReadError::HeadersTooLarge)?;
 
                     if line.is_empty() {
                         break;
@@ -253,14 +250,14 @@ impl Iterator for ClientConnection {
                 Err(ReadError::RequestLineTooLong) => {
                     self.counters.count_request_line_too_long();
                     let max = self.limits.max_request_line_bytes;
-                    self.refuse(414, HTTPVersion(1, 1), "request line", max);
+                    self.refuse(414, "request line", max);
                     return None;
                 }
 
-                Err(ReadError::HeadersTooLarge(ver)) => {
+                Err(ReadError::HeadersTooLarge) => {
                     self.counters.count_headers_too_large();
                     let max = self.limits.max_header_bytes;
-                    self.refuse(431, ver, "request header section", max);
+                    self.refuse(431, "request header section", max);
                     return None;
                 }
 
@@ -338,25 +335,25 @@ impl ClientConnection {
     /// nodelink patch: answers a request over a limit with `code` and a JSON error, then
     /// lingers (see `LINGER_BYTES`) so the answer is not lost to a reset. The connection
     /// is closed afterwards: where the next request would start is unknown.
-    fn refuse(&mut self, code: u16, version: HTTPVersion, message: &str, limit: usize) {
-        use crate::{Header, Response, StatusCode};
+    fn refuse(&mut self, code: u16, message: &str, limit: usize) {
+        use crate::StatusCode;
         use std::io::Write;
 
+        // Written by hand: `Response` drops a `Connection` header set by the caller.
         let body = limits::error_body(message, limit);
-        let mut response = Response::from_string(body).with_status_code(StatusCode(code));
-        for (name, value) in [
-            (&b"Content-Type"[..], &b"application/json"[..]),
-            (&b"Connection"[..], &b"close"[..]),
-        ] {
-            if let Ok(h) = Header::from_bytes(name, value) {
-                response.add_header(h);
-            }
-        }
+        let answer = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{}",
+            code,
+            StatusCode(code).default_reason_phrase(),
+            body.len(),
+            body
+        );
         let Some(mut writer) = self.sink.next() else {
             return;
         };
-        if response
-            .raw_print(&mut writer, version, &[], false, None)
+        if writer
+            .write_all(answer.as_bytes())
             .and_then(|()| writer.flush())
             .is_err()
         {

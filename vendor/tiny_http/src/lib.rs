@@ -318,9 +318,10 @@ impl Server {
                         use util::RefinedTcpStream;
                         // nodelink patch: at most `max_connections` open at once. Over it,
                         // answer without starting a thread and count the refusal.
-                        let Some(slot) =
-                            crate::limits::ConnectionSlot::try_acquire(&counters, limits.max_connections)
-                        else {
+                        let Some(slot) = crate::limits::ConnectionSlot::try_acquire(
+                            &counters,
+                            limits.max_connections,
+                        ) else {
                             counters.count_connection_refused();
                             refuse_connection(sock, ssl.is_some(), limits.max_connections);
                             continue;
@@ -524,7 +525,11 @@ impl Drop for Server {
 enum Accepted {
     Ready(ClientConnection),
     #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-    Handshake(Connection, crate::limits::ConnectionSlot, Arc<crate::ssl::SslContextImpl>),
+    Handshake(
+        Connection,
+        crate::limits::ConnectionSlot,
+        Arc<crate::ssl::SslContextImpl>,
+    ),
     #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
     Handshake(Connection, crate::limits::ConnectionSlot, Arc<()>),
 }

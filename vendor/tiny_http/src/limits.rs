@@ -105,7 +105,9 @@ impl ConnectionSlot {
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.counters.open_connections.fetch_sub(1, Ordering::AcqRel);
+        self.counters
+            .open_connections
+            .fetch_sub(1, Ordering::AcqRel);
     }
 }
 
