@@ -197,6 +197,9 @@ mod tests {
         let again = dir.register("a1".into(), "p".into()).expect("replacement");
         assert!(again.replaced);
         assert!(dir.unregister("a1", again.session_id));
-        assert!(dir.register("a2".into(), "p".into()).is_ok(), "a freed place");
+        assert!(
+            dir.register("a2".into(), "p".into()).is_ok(),
+            "a freed place"
+        );
     }
 }
