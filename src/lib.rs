@@ -10,6 +10,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod http;
+pub mod limits;
 pub mod link;
 pub mod metrics;
 pub mod proto;

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::http::{HttpConfig, HttpServer, Router};
+use crate::limits::LimitHits;
 use crate::link::{AgentDirectory, AgentTokens};
 use crate::metrics::Metrics;
 use crate::server::ServerConfig;
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Whether both listeners are up and the server is not stopping.
     pub ready: AtomicBool,
+    /// Limit hits the handlers count (body size, registry, SSE clients).
+    pub hits: Arc<LimitHits>,
 }
 
 impl ApiState {
@@ -69,11 +72,13 @@ const SSE_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis
 const GLOBAL_WINDOW: usize = 10_000;
 
 impl ApiServer {
-    /// Binds the HTTP address and starts the workers and the SSE hub listener.
+    /// Binds the HTTP address and starts the workers and the SSE hub listener; limit hits
+    /// are counted in `hits` (and tiny_http's own counters, which `/metrics` also reads).
     pub fn start(
         cfg: &ServerConfig,
         manager: TaskManager,
         directory: Arc<AgentDirectory>,
+        hits: Arc<LimitHits>,
     ) -> std::io::Result<Self> {
         let hub = SseHub::new(
             cfg.max_sse_clients,
@@ -88,7 +93,14 @@ impl ApiServer {
             Box::new(move |d| listener_hub.deliver(d)),
         )?;
         let router = Router::new(ROUTES).map_err(std::io::Error::other)?;
-        let metrics = Metrics::new(manager.clone(), directory.clone(), hub.clone());
+        let edge = Arc::new(tiny_http::ServerCounters::default());
+        let metrics = Metrics::new(
+            manager.clone(),
+            directory.clone(),
+            hub.clone(),
+            hits.clone(),
+            edge.clone(),
+        );
         let state = Arc::new(ApiState {
             manager,
             directory,
@@ -99,6 +111,7 @@ impl ApiServer {
             api_token: cfg.api_token.clone(),
             max_body_bytes: cfg.max_body_bytes,
             router,
+            hits,
         });
         let http_cfg = HttpConfig {
             addr: cfg.http_addr.to_string(),
@@ -106,11 +119,18 @@ impl ApiServer {
             thread_name: "nl-http".into(),
             read_timeout: Some(cfg.http_timeout),
             write_timeout: Some(cfg.http_timeout),
+            limits: tiny_http::Limits {
+                max_request_line_bytes: cfg.max_request_line_bytes,
+                max_header_bytes: cfg.max_header_bytes,
+                max_connections: cfg.max_connections,
+            },
+            tls: cfg.http_tls.clone(),
         };
         let worker_state = state.clone();
         let http = HttpServer::start(
             &http_cfg,
             Arc::new(move |req| handlers::handle(&worker_state, req)),
+            edge,
         )?;
         Ok(ApiServer { http, hub, state })
     }

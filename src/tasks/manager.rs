@@ -457,6 +457,7 @@ impl Inner {
         if rep.exit_code.is_some() {
             task.exit_code = rep.exit_code;
         }
+        let was_truncated = task.output.truncated();
         let seq = task.output.record_output(
             now,
             rep.status,
@@ -466,6 +467,9 @@ impl Inner {
             &rep.stderr,
             rep.exit_code,
         );
+        if !was_truncated && task.output.truncated() {
+            self.stats.output_truncated.fetch_add(1, Ordering::Relaxed);
+        }
         let reason = match step {
             Transition::To(TaskStatus::Failed) => Some(failure_reason(&rep)),
             Transition::To(TaskStatus::Cancelled) => Some(
