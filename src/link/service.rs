@@ -112,6 +112,9 @@ impl AgentService for AgentLink {
 
         let mut requests = reg.requests.map(|r| Ok((r, WriteFlags::default())));
         let writer_agent = agent_id.clone();
+        // Requests queued together leave in one write; `send_all` flushes whenever the queue
+        // runs dry, so a lone request is never held back.
+        sink.enhance_batch(true);
         ctx.spawn(async move {
             if let Err(e) = sink.send_all(&mut requests).await {
                 log::debug!("Agent {writer_agent}: stream write ended: {e}");
