@@ -61,13 +61,9 @@ pub struct ApiServer {
     state: Arc<ApiState>,
 }
 
-/// Frames (event batches) buffered per SSE client before it counts as too slow: under load
-/// about five seconds of events, at one frame per `SSE_BATCH_INTERVAL`.
+/// Frames (event batches) buffered per SSE client before it counts as too slow: with many
+/// clients, about five seconds of events (see `SseHub::batch_interval`).
 const SSE_CLIENT_QUEUE: usize = 1024;
-/// Least time between two batches of events handed to SSE clients. Under load every client's
-/// writer then wakes and writes at most this often, whatever the event rate; when events are
-/// sparse, each goes out at once.
-const SSE_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 /// Recent events kept for clients of the global stream that resume.
 const GLOBAL_WINDOW: usize = 10_000;
 
@@ -86,10 +82,10 @@ impl ApiServer {
             GLOBAL_WINDOW,
             json::event_sse,
         );
-        let listener_hub = hub.clone();
+        let (listener_hub, interval_hub) = (hub.clone(), hub.clone());
         manager.add_coalescing_listener(
             "sse",
-            SSE_BATCH_INTERVAL,
+            Box::new(move || interval_hub.batch_interval()),
             Box::new(move |d| listener_hub.deliver(d)),
         )?;
         let router = Router::new(ROUTES).map_err(std::io::Error::other)?;

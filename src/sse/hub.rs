@@ -1,8 +1,8 @@
 //! The SSE fan-out: routes task events to the Server-Sent Events clients that want them.
 //!
 //! The hub is a coalescing task-manager listener, so it runs on its own listener thread and
-//! never on the response thread, and receives events in batches (at most one batch per
-//! interval under load). Each batch is formatted once per kind of stream ([`Frame`]): once
+//! never on the response thread, and receives events in batches, spaced by an interval that
+//! grows with the open streams ([`SseHub::batch_interval`]). Each batch is formatted once per kind of stream ([`Frame`]): once
 //! for all global-stream clients, once per task room, and each client is handed the shared
 //! frame. Each client has a bounded queue of frames; delivery is a `try_send`, so one
 //! slow client never delays another. A client whose queue is full is dropped from the hub:
@@ -11,8 +11,9 @@
 //! global stream receive everything, and a bounded window of recent events lets them resume.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
@@ -60,6 +61,13 @@ struct State {
 /// Text kept in the global window at most, whatever its event count.
 const WINDOW_MAX_BYTES: usize = 8 << 20;
 
+/// Batch interval per open stream: a batch costs every client a wake-up and a write (a few
+/// microseconds each), so spacing batches by this much per client keeps that cost to a
+/// fraction of a core at any event rate, while one or a few clients get events at once.
+const INTERVAL_PER_CLIENT: Duration = Duration::from_micros(10);
+/// The batch interval at most: the longest an event waits in the hub under load.
+const MAX_INTERVAL: Duration = Duration::from_millis(5);
+
 /// Approximate memory an event holds: its text plus fixed overhead.
 fn event_bytes(e: &TaskEvent) -> usize {
     let reason = match &e.kind {
@@ -79,6 +87,8 @@ pub struct SseHub {
     window_max_bytes: usize,
     next_id: AtomicU64,
     lagged_clients: AtomicU64,
+    /// `State::clients`, readable without the lock (for the batch interval).
+    open_streams: AtomicUsize,
 }
 
 /// A client's place in the hub; dropping it unsubscribes.
@@ -115,12 +125,22 @@ impl SseHub {
             window_max_bytes: WINDOW_MAX_BYTES,
             next_id: AtomicU64::new(1),
             lagged_clients: AtomicU64::new(0),
+            open_streams: AtomicUsize::new(0),
         })
     }
 
     /// Open streams now.
     pub fn clients(&self) -> usize {
         self.state.lock().clients
+    }
+
+    /// How long the hub's listener should gather events before the next batch: it grows with
+    /// the open streams, as the cost of a batch does (see `INTERVAL_PER_CLIENT`).
+    pub fn batch_interval(&self) -> Duration {
+        let clients = self.open_streams.load(Ordering::Relaxed);
+        INTERVAL_PER_CLIENT
+            .saturating_mul(u32::try_from(clients).unwrap_or(u32::MAX))
+            .min(MAX_INTERVAL)
     }
 
     /// Clients dropped since start because they fell behind.
@@ -217,12 +237,14 @@ impl SseHub {
             return Err(HubError::TooManyClients(self.max_clients));
         }
         st.clients += 1;
+        self.open_streams.store(st.clients, Ordering::Relaxed);
         Ok(())
     }
 
     fn unsubscribe(&self, id: u64, room: Option<TaskId>) {
         let mut st = self.state.lock();
         st.clients = st.clients.saturating_sub(1);
+        self.open_streams.store(st.clients, Ordering::Relaxed);
         match room {
             Some(task) => {
                 if let Some(clients) = st.rooms.get_mut(&task) {
@@ -467,6 +489,21 @@ mod tests {
             room_a.events.recv().is_err(),
             "the room closed after the final status"
         );
+    }
+
+    #[test]
+    fn the_batch_interval_grows_with_the_streams_up_to_its_cap() {
+        let hub = SseHub::new(1000, 4, 0, enc);
+        assert_eq!(hub.batch_interval(), Duration::ZERO);
+        let one = hub.subscribe_all(None).expect("one");
+        assert_eq!(hub.batch_interval(), INTERVAL_PER_CLIENT);
+        let many: Vec<_> = (0..999)
+            .map(|_| hub.subscribe_all(None).expect("sub"))
+            .collect();
+        assert_eq!(hub.batch_interval(), MAX_INTERVAL);
+        drop(many);
+        drop(one);
+        assert_eq!(hub.batch_interval(), Duration::ZERO);
     }
 
     #[test]

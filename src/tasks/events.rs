@@ -93,6 +93,10 @@ pub enum Delivery {
 /// A listener callback, run on its own thread.
 pub type Listener = Box<dyn FnMut(Delivery) + Send>;
 
+/// The least time between two batches for a listener, asked before each batch so that it can
+/// follow the listener's load (the SSE hub's grows with its client count).
+pub type Coalesce = Box<dyn Fn() -> Duration + Send>;
+
 /// Most events handed to a listener at once, so one batch cannot grow without bound.
 const MAX_BATCH: usize = 1024;
 /// Output bytes after which a batch goes out without waiting for more: a listener that
@@ -124,10 +128,10 @@ impl ListenerSet {
         }
     }
 
-    /// Starts a listener on its own thread. `coalesce` is the least time between two of its
+    /// Starts a listener on its own thread. `coalesce` gives the least time between two of its
     /// batches: events arriving sooner wait (at most that long) to join the next batch. Zero
     /// hands over whatever is queued at once.
-    pub fn add(&self, name: &str, coalesce: Duration, listener: Listener) -> std::io::Result<()> {
+    pub fn add(&self, name: &str, coalesce: Coalesce, listener: Listener) -> std::io::Result<()> {
         let (tx, rx) = bounded::<Arc<TaskEvent>>(self.queue);
         let lagged = Arc::new(AtomicU64::new(0));
         let lag = lagged.clone();
@@ -180,7 +184,7 @@ fn run_listener(
     name: &str,
     rx: &Receiver<Arc<TaskEvent>>,
     lagged: &AtomicU64,
-    coalesce: Duration,
+    coalesce: Coalesce,
     mut listener: Listener,
 ) {
     let mut last_batch: Option<Instant> = None;
@@ -190,7 +194,7 @@ fn run_listener(
         batch.push(first);
         // Events close behind the previous batch wait for the interval to pass; after a quiet
         // spell the deadline is already past and the batch goes out at once.
-        let deadline = last_batch.map(|t| t + coalesce);
+        let deadline = last_batch.map(|t| t + coalesce());
         let mut closed = false;
         while batch.len() < MAX_BATCH && text < MAX_BATCH_TEXT {
             let next = match deadline {

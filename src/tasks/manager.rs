@@ -17,7 +17,7 @@ use uuid::Uuid;
 
 use super::config::ManagerConfig;
 use super::error::TaskError;
-use super::events::{EventKind, Listener, ListenerSet, TaskEvent};
+use super::events::{Coalesce, EventKind, Listener, ListenerSet, TaskEvent};
 use super::gateway::{AgentGateway, GatewayError};
 use super::model::{
     AgentCommand, AgentReport, TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus,
@@ -137,15 +137,17 @@ impl TaskManager {
 
     /// Registers an event listener on its own thread; it gets whatever is queued at once.
     pub fn add_listener(&self, name: &str, listener: Listener) -> std::io::Result<()> {
-        self.inner.listeners.add(name, Duration::ZERO, listener)
+        self.inner
+            .listeners
+            .add(name, Box::new(|| Duration::ZERO), listener)
     }
 
-    /// Registers a listener whose batches are at least `every` apart: for a listener whose
+    /// Registers a listener whose batches are at least `every()` apart: for a listener whose
     /// cost is per batch rather than per event (the SSE hub wakes every client per batch).
     pub fn add_coalescing_listener(
         &self,
         name: &str,
-        every: Duration,
+        every: Coalesce,
         listener: Listener,
     ) -> std::io::Result<()> {
         self.inner.listeners.add(name, every, listener)

@@ -21,7 +21,7 @@ pub mod transition;
 
 pub use config::ManagerConfig;
 pub use error::TaskError;
-pub use events::{Delivery, EventKind, Listener, TaskEvent};
+pub use events::{Coalesce, Delivery, EventKind, Listener, TaskEvent};
 pub use gateway::{AgentGateway, GatewayError};
 pub use manager::{Replay, TaskManager};
 pub use model::{
