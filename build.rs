@@ -9,6 +9,10 @@
 fn main() {
     #[cfg(feature = "grpc")]
     proto_gen::generate();
+    // With no rerun directive at all, cargo would rerun this script (and rebuild the crate)
+    // whenever any file of the package changes.
+    #[cfg(not(feature = "grpc"))]
+    println!("cargo:rerun-if-changed=build.rs");
 }
 
 /// Code generation from `proto/`, needed only with the `grpc` feature.

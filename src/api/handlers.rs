@@ -42,35 +42,34 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
         }
     }
     let query = Query::from_url(req.url());
-    let result =
-        match route.name {
-            // Streams take the connection over (or answer the error themselves).
-            Route::Stream => return (label, stream::serve(state, req, &query)),
-            Route::Metrics => return (label, metrics(state, req)),
-            Route::Health => Ok(json!({"status": "ok"})),
-            Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
-            Route::Ready => Err(ApiError::service_unavailable(
-                "not ready: starting or shutting down",
-                None,
-            )),
-            Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
-                .and_then(|b| shell_task(&b))
-                .and_then(|t| create(state, t)),
-            Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
-                .and_then(|b| docker_task(&b))
-                .and_then(|t| create(state, t)),
-            Route::ListTasks => list_tasks(state, &query, None),
-            Route::GetTask => task_id(&route.params).and_then(|id| {
-                state
-                    .manager
-                    .get_task(id)
-                    .map(|t| detail_json(&t))
-                    .ok_or_else(|| not_found(id))
-            }),
-            Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id)),
-            Route::ListAgents => Ok(list_agents(state)),
-            Route::AgentTasks => agent_tasks(state, &route.params, &query),
-        };
+    let result = match route.name {
+        // Streams take the connection over (or answer the error themselves).
+        Route::Stream => return (label, stream::serve(state, req, &query)),
+        Route::Metrics => return (label, metrics(state, req)),
+        Route::Health => Ok(json!({"status": "ok"})),
+        Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
+        Route::Ready => Err(ApiError::service_unavailable(
+            "not ready: starting or shutting down",
+            None,
+        )),
+        Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
+            .and_then(|b| shell_task(&b))
+            .and_then(|t| create(state, t)),
+        Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
+            .and_then(|b| docker_task(&b))
+            .and_then(|t| create(state, t)),
+        Route::ListTasks => list_tasks(state, &query, None),
+        Route::GetTask => task_id(&route.params).and_then(|id| {
+            state
+                .manager
+                .get_task(id)
+                .map(|t| detail_json(&t))
+                .ok_or_else(|| not_found(id))
+        }),
+        Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id)),
+        Route::ListAgents => Ok(list_agents(state)),
+        Route::AgentTasks => agent_tasks(state, &route.params, &query),
+    };
     match result {
         Ok(body) => {
             respond::json(req, 200, &body);
