@@ -94,3 +94,82 @@ fn timeout(body: &Map<String, Value>) -> Result<Option<Duration>, ApiError> {
         .with_details(json!({ "field": "timeout" }))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::request::parse_json_object;
+
+    fn shell(body: &str) -> Result<NewTask, ApiError> {
+        shell_task(&parse_json_object(body.as_bytes())?)
+    }
+
+    fn docker(body: &str) -> Result<NewTask, ApiError> {
+        docker_task(&parse_json_object(body.as_bytes())?)
+    }
+
+    #[test]
+    fn a_full_shell_body_becomes_a_task() {
+        let t = shell(
+            r#"{"agent_id":"web1","cmd":"ls","timeout":2.5,"env":{"A":"1"},"working_dir":"/tmp"}"#,
+        )
+        .unwrap();
+        assert_eq!(t.agent_id, "web1");
+        assert_eq!(t.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(
+            t.spec,
+            TaskSpec::Shell {
+                cmd: "ls".into(),
+                env: vec![("A".into(), "1".into())],
+                working_dir: Some("/tmp".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn each_docker_operation_takes_its_argument() {
+        let cases = [
+            (
+                r#""run","image":"alpine""#,
+                DockerOp::Run {
+                    image: "alpine".into(),
+                },
+            ),
+            (r#""start","id":"c1""#, DockerOp::Start { id: "c1".into() }),
+            (r#""stop","id":"c1""#, DockerOp::Stop { id: "c1".into() }),
+            (r#""logs","id":"c1""#, DockerOp::Logs { id: "c1".into() }),
+        ];
+        for (fields, op) in cases {
+            let t = docker(&format!(r#"{{"agent_id":"a","operation":{fields}}}"#)).unwrap();
+            assert_eq!(t.spec, TaskSpec::Docker(op));
+            assert_eq!(t.timeout, None);
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_400_naming_the_field() {
+        let cases = [
+            (shell(r#"{"cmd":"ls"}"#), "agent_id"),
+            (
+                shell(r#"{"agent_id":"a","cmd":"ls","timeout":0}"#),
+                "timeout",
+            ),
+            (
+                shell(r#"{"agent_id":"a","cmd":"ls","timeout":1e10}"#),
+                "timeout",
+            ),
+            (shell(r#"{"agent_id":"a","cmd":"ls","env":{"A":1}}"#), "env"),
+            (
+                docker(r#"{"agent_id":"a","operation":"pull"}"#),
+                "operation",
+            ),
+            (docker(r#"{"agent_id":"a","operation":"run"}"#), "image"),
+        ];
+        for (result, field) in cases {
+            let e = result.unwrap_err();
+            assert_eq!(e.status(), 400, "{field}: {}", e.message());
+            let details = e.details().map(ToString::to_string).unwrap_or_default();
+            assert!(details.contains(field), "{field}: {details}");
+        }
+    }
+}
