@@ -93,7 +93,7 @@ fn round_trip(task: &NewTask, docker: bool) {
         (None, None) => {}
         (Some(a), Some(b)) => {
             // Seconds as an f64 lose nanoseconds above about 2^53 ns (104 days).
-            let drift = if a > b { a - b } else { b - a };
+            let drift = a.abs_diff(b);
             assert!(
                 drift <= Duration::from_micros(1),
                 "timeout {b:?} came back as {a:?}"
