@@ -15,6 +15,7 @@
 #   RSS_GROWTH_PCT=10   allowed growth of the RSS peak, second half vs first half ...
 #   RSS_SLACK_MB=4      ... or this many MB, whichever is larger
 #   SOAK_OUT            output directory (default soak-results/<UTC date>-<commit>)
+#   RUST_LOG=warn       the server's log level (info logs two lines per task)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,7 +75,7 @@ api_token=${hex:0:32}
 chmod 600 "$work/agents.json"
 
 # Short retention, so a registry that does not leak stays at about RATE x (age + interval).
-"$server_bin" server --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+RUST_LOG=${RUST_LOG:-warn} "$server_bin" server --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
   --agent-tokens "$work/agents.json" --api-token "$api_token" \
   --cleanup-delay 1s --cleanup-age "${cleanup_age}s" --cleanup-interval "${cleanup_interval}s" \
   2>"$out/server.log" &
