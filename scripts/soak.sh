@@ -13,7 +13,7 @@
 #   CLEANUP_AGE=10      seconds a finished task stays queryable (server --cleanup-age)
 #   CLEANUP_INTERVAL=2  seconds between sweeps (server --cleanup-interval)
 #   RSS_GROWTH_PCT=10   allowed growth of the RSS peak, second half vs first half ...
-#   RSS_SLACK_MB=4      ... or this many MB, whichever is larger
+#   RSS_SLACK_MB=4      ... or this many MB (10^6 bytes, as in docs/PERFORMANCE.md), whichever is larger
 #   SOAK_OUT            output directory (default soak-results/<UTC date>-<commit>)
 #   RUST_LOG=warn       the server's log level (info logs two lines per task)
 set -euo pipefail
@@ -140,9 +140,9 @@ read -r rss_start rss_mid rss_end rss_peak peak1 peak2 reg_min reg_max reg_max1 
       print r[1], mid, r[n], peak, p1, p2, gmin, gmax, gm1, gm2, n
     }' "$out/samples.csv")
 
-mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k * 1024 / 1e6 }'; } # kB (KiB) to MB (10^6 bytes)
 allowed_kb=$(awk -v p="$peak1" -v pct="$growth_pct" -v s="$slack_mb" \
-  'BEGIN { a = p * pct / 100; b = s * 1024; printf "%d", (a > b ? a : b) }')
+  'BEGIN { a = p * pct / 100; b = s * 1e6 / 1024; printf "%d", (a > b ? a : b) }')
 # Finished tasks live CLEANUP_AGE, plus up to one sweep interval, plus the in-flight ones.
 registry_bound=$(awk -v r="$rate" -v a="$cleanup_age" -v i="$cleanup_interval" \
   'BEGIN { printf "%d", r * (a + i + 2) * 1.5 }')
