@@ -54,6 +54,21 @@ pub struct ServerArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "NODELINK_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
+    /// Longest HTTP request line (method, path and query, version), in bytes.
+    #[arg(long, env = "NODELINK_MAX_REQUEST_LINE_BYTES", default_value_t = 8 << 10)]
+    pub max_request_line_bytes: usize,
+    /// Largest HTTP header section (all header lines together), in bytes.
+    #[arg(long, env = "NODELINK_MAX_HEADER_BYTES", default_value_t = 16 << 10)]
+    pub max_header_bytes: usize,
+    /// Most HTTP connections open at once (each holds a thread); keep it above --max-sse-clients.
+    #[arg(long, env = "NODELINK_MAX_CONNECTIONS", default_value_t = 2048)]
+    pub max_connections: usize,
+    /// Certificate chain (PEM) for HTTPS on the REST/SSE side; needs --http-tls-key.
+    #[arg(long, env = "NODELINK_HTTP_TLS_CERT", requires = "http_tls_key")]
+    pub http_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) for HTTPS on the REST/SSE side; needs --http-tls-cert.
+    #[arg(long, env = "NODELINK_HTTP_TLS_KEY", requires = "http_tls_cert")]
+    pub http_tls_key: Option<PathBuf>,
     /// How long a client may take to send a request or accept a response.
     #[arg(long, env = "NODELINK_HTTP_TIMEOUT", default_value = "30s", value_parser = duration)]
     pub http_timeout: Duration,
@@ -84,6 +99,9 @@ pub struct ServerArgs {
     /// Largest gRPC message accepted from an agent, in bytes.
     #[arg(long, env = "NODELINK_MAX_GRPC_MESSAGE_BYTES", default_value_t = 4 << 20)]
     pub max_grpc_message_bytes: usize,
+    /// Most agents connected at once; more are refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "NODELINK_MAX_AGENTS", default_value_t = 10_000)]
+    pub max_agents: usize,
     /// Certificate chain (PEM) for TLS on the agent link; needs --tls-key.
     #[arg(long, env = "NODELINK_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

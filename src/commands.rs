@@ -11,7 +11,7 @@ use nodelink::cli::{AgentArgs, ServerArgs};
 use nodelink::link::AgentTokens;
 use nodelink::server::{RunningServer, ServerConfig};
 use nodelink::tasks::ManagerConfig;
-use nodelink::tls::{load_pem, AgentTls, ServerTls, TlsError};
+use nodelink::tls::{load_pem, AgentTls, HttpTls, ServerTls, TlsError};
 
 fn server_config(args: &ServerArgs) -> ServerConfig {
     let manager = ManagerConfig {
@@ -32,9 +32,14 @@ fn server_config(args: &ServerArgs) -> ServerConfig {
         manager,
         http_workers: args.http_workers.max(1),
         max_body_bytes: args.max_body_bytes,
+        max_request_line_bytes: args.max_request_line_bytes,
+        max_header_bytes: args.max_header_bytes,
+        max_connections: args.max_connections.max(1),
+        http_tls: None,
         http_timeout: args.http_timeout,
         max_sse_clients: args.max_sse_clients,
         max_grpc_message_bytes: args.max_grpc_message_bytes,
+        max_agents: args.max_agents,
         tls: None,
     }
 }
@@ -54,6 +59,15 @@ fn server_tls(args: &ServerArgs) -> Result<Option<ServerTls>, TlsError> {
             .map(|p| load_pem(p, "client CA"))
             .transpose()?,
     }))
+}
+
+/// Reads and checks the HTTPS files named on the command line, if any.
+fn http_tls(args: &ServerArgs) -> Result<Option<HttpTls>, TlsError> {
+    let (Some(cert), Some(key)) = (&args.http_tls_cert, &args.http_tls_key) else {
+        return Ok(None);
+    };
+    warn_if_readable_by_others(key);
+    HttpTls::load(cert, key).map(Some)
 }
 
 fn agent_tls(args: &AgentArgs) -> Result<Option<AgentTls>, TlsError> {
@@ -131,6 +145,13 @@ pub fn server(args: ServerArgs) -> u8 {
             return 2;
         }
     };
+    cfg.http_tls = match http_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
     let server = match RunningServer::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -151,6 +172,18 @@ pub fn dev(args: ServerArgs) -> u8 {
     cfg.api_token = Some(api_token.clone());
     cfg.agent_tokens =
         AgentTokens::from_map(HashMap::from([("local".to_string(), agent_token.clone())]));
+    cfg.http_tls = match http_tls(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
+    let scheme = if cfg.http_tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = match RunningServer::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -176,7 +209,7 @@ pub fn dev(args: ServerArgs) -> u8 {
             return 1;
         }
     };
-    let http = format!("http://{}", server.http_addr());
+    let http = format!("{scheme}://{}", server.http_addr());
     println!(
         "\nnodelink dev mode: server on {http}, gRPC on 127.0.0.1:{grpc}, local agent `local`.\n\
          API token: {api_token}\n\n\

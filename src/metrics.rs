@@ -1,9 +1,9 @@
 //! `GET /metrics`: Prometheus text exposition through the `prometheus-client` crate.
 //!
 //! Most figures already live in the parts that own them (`tasks::Stats`, the agent
-//! directory, the SSE hub); a collector reads them at scrape time, so nothing is counted
-//! twice and the hot paths stay plain atomics. Only HTTP request counts and latencies are
-//! recorded here, by the API's workers.
+//! directory, the SSE hub, `limits::LimitHits`, tiny_http's `ServerCounters`); a collector
+//! reads them at scrape time, so nothing is counted twice and the hot paths stay plain
+//! atomics. Only HTTP request counts and latencies are recorded here, by the API's workers.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::limits::{Limit, LimitHits};
 use crate::link::AgentDirectory;
 use crate::sse::SseHub;
 use crate::tasks::{TaskManager, TaskStatus};
@@ -38,11 +39,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// A registry exposing the state of `manager`, `directory` and `hub`.
+    /// A registry exposing the state of `manager`, `directory` and `hub`, and the limit hits
+    /// counted in `hits` and by tiny_http in `edge`.
     pub fn new(
         manager: TaskManager,
         directory: Arc<AgentDirectory>,
         hub: Arc<SseHub>,
+        hits: Arc<LimitHits>,
+        edge: Arc<tiny_http::ServerCounters>,
     ) -> Arc<Self> {
         let mut registry = Registry::default();
         let http_requests = Family::<RouteCode, Counter>::default();
@@ -62,6 +66,8 @@ impl Metrics {
             manager,
             directory,
             hub,
+            hits,
+            edge,
         }));
         Arc::new(Metrics {
             registry,
@@ -93,6 +99,23 @@ struct StateCollector {
     manager: TaskManager,
     directory: Arc<AgentDirectory>,
     hub: Arc<SseHub>,
+    hits: Arc<LimitHits>,
+    edge: Arc<tiny_http::ServerCounters>,
+}
+
+impl StateCollector {
+    /// Hits of `limit`, wherever they are counted.
+    fn limit_hits(&self, limit: Limit) -> u64 {
+        match limit {
+            Limit::HeaderBytes => self.edge.headers_too_large(),
+            Limit::RequestLineBytes => self.edge.request_lines_too_long(),
+            Limit::Connections => self.edge.connections_refused(),
+            Limit::OutputBytes => load(&self.manager.stats().output_truncated),
+            Limit::BodyBytes | Limit::SseClients | Limit::Agents | Limit::Tasks => {
+                self.hits.get(limit)
+            }
+        }
+    }
 }
 
 impl fmt::Debug for StateCollector {
@@ -249,6 +272,24 @@ impl Collector for StateCollector {
             "Event streams closed because the client fell behind",
             self.hub.lagged_clients(),
         )?;
+        gauge(
+            &mut enc,
+            "nodelink_http_connections",
+            "Open HTTP connections (bounded by --max-connections)",
+            as_i64(self.edge.open_connections()),
+        )?;
+        {
+            let mut m = enc.encode_descriptor(
+                "nodelink_limit_hits",
+                "Times a configured limit refused or truncated something a peer sent, by limit",
+                None,
+                MetricType::Counter,
+            )?;
+            for limit in Limit::ALL {
+                ConstCounter::new(self.limit_hits(limit))
+                    .encode(m.encode_family(&[("limit", limit.as_str())])?)?;
+            }
+        }
         counter(
             &mut enc,
             "nodelink_listener_events_dropped",

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use grpcio::{ChannelBuilder, EnvBuilder, ServerBuilder, ServerCredentials};
 
+use crate::limits::LimitHits;
 use crate::link::{AgentDirectory, AgentLink, AgentTokens};
 use crate::proto::create_agent_service;
 use crate::tasks::{ManagerConfig, TaskManager};
@@ -29,12 +30,22 @@ pub struct ServerConfig {
     pub http_workers: usize,
     /// Largest request body.
     pub max_body_bytes: usize,
+    /// Longest HTTP request line (414 beyond).
+    pub max_request_line_bytes: usize,
+    /// Largest HTTP header section (431 beyond).
+    pub max_header_bytes: usize,
+    /// Most HTTP connections open at once (503 beyond).
+    pub max_connections: usize,
+    /// HTTPS on the REST/SSE side; `None` is plain HTTP.
+    pub http_tls: Option<crate::tls::HttpTls>,
     /// Socket read/write timeout for HTTP clients.
     pub http_timeout: Duration,
     /// Most concurrent SSE clients.
     pub max_sse_clients: usize,
     /// Largest gRPC message from an agent.
     pub max_grpc_message_bytes: usize,
+    /// Most agents connected at once.
+    pub max_agents: usize,
     /// TLS (and optionally mutual TLS) on the agent link; `None` is plaintext.
     pub tls: Option<crate::tls::ServerTls>,
 }
@@ -49,9 +60,14 @@ impl Default for ServerConfig {
             manager: ManagerConfig::default(),
             http_workers: 8,
             max_body_bytes: 1 << 20,
+            max_request_line_bytes: 8 << 10,
+            max_header_bytes: 16 << 10,
+            max_connections: 2048,
+            http_tls: None,
             http_timeout: Duration::from_secs(30),
             max_sse_clients: 1024,
             max_grpc_message_bytes: 4 << 20,
+            max_agents: 10_000,
             tls: None,
         }
     }
@@ -92,7 +108,8 @@ pub struct RunningServer {
 impl RunningServer {
     /// Starts every thread and both listeners.
     pub fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
-        let directory = Arc::new(AgentDirectory::default());
+        let directory = Arc::new(AgentDirectory::new(cfg.max_agents));
+        let hits = Arc::new(LimitHits::default());
         let manager = TaskManager::start(cfg.manager.clone(), directory.clone())
             .map_err(ServerError::Thread)?;
         let env = Arc::new(EnvBuilder::new().cq_count(2).name_prefix("nl-grpc").build());
@@ -100,6 +117,7 @@ impl RunningServer {
             Arc::new(cfg.agent_tokens.clone()),
             directory.clone(),
             manager.clone(),
+            hits.clone(),
         );
         let max_msg = cfg.max_grpc_message_bytes.min(i32::MAX as usize) as i32;
         let args = ChannelBuilder::new(env.clone())
@@ -123,15 +141,27 @@ impl RunningServer {
             .add_listening_port(cfg.grpc_addr.to_string(), creds)
             .map_err(|e| ServerError::Grpc(format!("{e} ({})", cfg.grpc_addr)))?;
         grpc.start();
-        let http = crate::api::ApiServer::start(&cfg, manager.clone(), directory.clone())
+        let http = crate::api::ApiServer::start(&cfg, manager.clone(), directory.clone(), hits)
             .map_err(|e| ServerError::Http(e.to_string()))?;
         let security = match &cfg.tls {
             None => "plaintext",
             Some(t) if t.client_ca.is_some() => "mutual TLS",
             Some(_) => "TLS",
         };
+        if cfg.max_connections <= cfg.max_sse_clients {
+            log::warn!(
+                "--max-connections ({}) is not above --max-sse-clients ({}): open event streams can take every connection",
+                cfg.max_connections,
+                cfg.max_sse_clients
+            );
+        }
+        let http_scheme = if cfg.http_tls.is_some() {
+            "HTTP (TLS)"
+        } else {
+            "HTTP"
+        };
         log::info!(
-            "nodelink listening: HTTP on {}, gRPC ({security}) on {}:{}",
+            "nodelink listening: {http_scheme} on {}, gRPC ({security}) on {}:{}",
             http.addr(),
             cfg.grpc_addr.ip(),
             grpc_port

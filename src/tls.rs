@@ -1,6 +1,6 @@
-//! TLS material for the agent link: PEM files read once at start-up and checked, so a bad
-//! file is a clear one-line error instead of a panic inside gRPC's C core (which rejects
-//! NUL bytes by panicking).
+//! TLS material for the agent link and for HTTPS on the REST/SSE side: PEM files read once
+//! at start-up and checked, so a bad file is a clear one-line error instead of a panic
+//! inside gRPC's C core (which rejects NUL bytes by panicking) or a late failure to listen.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -78,6 +78,7 @@ impl fmt::Debug for AgentTls {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl ServerTls {
     /// gRPC server credentials for these files.
     pub fn credentials(&self) -> grpcio::ServerCredentials {
@@ -93,6 +94,7 @@ impl ServerTls {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl AgentTls {
     /// gRPC channel credentials for these files.
     pub fn credentials(&self) -> grpcio::ChannelCredentials {
@@ -101,5 +103,71 @@ impl AgentTls {
             b = b.cert(cert.clone(), key.clone());
         }
         b.build()
+    }
+}
+
+/// HTTPS on the REST/SSE side (tiny_http with OpenSSL).
+#[derive(Clone, PartialEq, Eq)]
+pub struct HttpTls {
+    /// The server's certificate chain (PEM), leaf first.
+    pub cert: Vec<u8>,
+    /// The server's private key (PEM).
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for HttpTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.write_str("HttpTls")
+    }
+}
+
+impl HttpTls {
+    /// Reads and checks the HTTPS files: both parse, and the key belongs to the certificate,
+    /// so a mistake is reported before anything listens.
+    pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let cert = load_pem(cert_path, "certificate")?;
+        let key = load_pem(key_path, "private key")?;
+        let err = |path: &Path, what, reason: String| TlsError {
+            path: path.to_path_buf(),
+            what,
+            reason,
+        };
+        let chain = openssl::x509::X509::stack_from_pem(&cert).map_err(|e| {
+            err(
+                cert_path,
+                "certificate",
+                format!("is not a PEM certificate: {e}"),
+            )
+        })?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| err(cert_path, "certificate", "holds no certificate".into()))?;
+        let pkey = openssl::pkey::PKey::private_key_from_pem(&key).map_err(|e| {
+            err(
+                key_path,
+                "private key",
+                format!("is not a PEM private key: {e}"),
+            )
+        })?;
+        let matches = leaf
+            .public_key()
+            .is_ok_and(|public| public.public_eq(&pkey));
+        if !matches {
+            return Err(err(
+                key_path,
+                "private key",
+                format!("does not belong to the certificate {}", cert_path.display()),
+            ));
+        }
+        Ok(HttpTls { cert, key })
+    }
+
+    /// The form tiny_http takes.
+    pub fn ssl_config(&self) -> tiny_http::SslConfig {
+        tiny_http::SslConfig {
+            certificate: self.cert.clone(),
+            private_key: self.key.clone(),
+        }
     }
 }

@@ -49,6 +49,15 @@ fn metrics_expose_every_listed_series_and_the_counters_move() {
         "nodelink_agent_responses_total",
         "nodelink_agent_responses_ignored_total{reason=\"late\"}",
         "nodelink_agent_responses_ignored_total{reason=\"unknown\"}",
+        "nodelink_http_connections",
+        "nodelink_limit_hits_total{limit=\"body_bytes\"}",
+        "nodelink_limit_hits_total{limit=\"header_bytes\"}",
+        "nodelink_limit_hits_total{limit=\"request_line_bytes\"}",
+        "nodelink_limit_hits_total{limit=\"connections\"}",
+        "nodelink_limit_hits_total{limit=\"sse_clients\"}",
+        "nodelink_limit_hits_total{limit=\"agents\"}",
+        "nodelink_limit_hits_total{limit=\"tasks\"}",
+        "nodelink_limit_hits_total{limit=\"output_bytes\"}",
     ] {
         assert!(
             before.lines().any(|l| l.starts_with(series)),

@@ -264,7 +264,9 @@ fn a_slow_reader_does_not_stall_a_fast_reader_of_the_same_task() {
     let fast_took = started.elapsed();
     assert!(
         is_final_status(fast_events.last().expect("events")),
-        "the fast reader got to the end"
+        "the fast reader got to the end ({} events in {fast_took:?}); server log:\n{}",
+        fast_events.len(),
+        server.proc.log()
     );
     let stdout: usize = fast_events
         .iter()

@@ -2,6 +2,7 @@
 
 mod support;
 
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -200,4 +201,141 @@ fn a_bad_certificate_file_is_a_one_line_error_not_a_crash() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("certificate") && err.contains("NUL"), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTPS on the REST/SSE side
+
+fn https_server(dir: &Path) -> Server {
+    let p = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    Server::start_with(ServerOpts {
+        extra: vec![
+            "--http-tls-cert".into(),
+            p("server.pem"),
+            "--http-tls-key".into(),
+            p("server.key"),
+        ],
+        ..ServerOpts::default()
+    })
+}
+
+/// `curl` trusting only the throwaway CA; returns its exit code and what it printed.
+fn curl(ca: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--cacert"])
+        .arg(ca)
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}", support::API_TOKEN),
+        ])
+        .args(args)
+        .output()
+        .expect("curl runs (the HTTPS tests need curl)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
+#[test]
+fn https_serves_rest_and_event_streams_to_a_client_trusting_the_ca() {
+    let dir = TempDir::new("https");
+    make_certificates(&dir.0);
+    let server = https_server(&dir.0);
+    assert!(server.proc.log().contains("HTTP (TLS) on"));
+    // The harness's plain-HTTP helpers cannot ask an HTTPS server; its log says when.
+    let _agent = start_agent(&server.grpc, "a1", "t1", &[]);
+    server
+        .proc
+        .wait_log("Agent a1 connected", Duration::from_secs(20));
+    let ca = dir.join("ca.pem");
+    let base = format!("https://{}", server.http);
+
+    let (code, created) = curl(
+        &ca,
+        &[
+            "-d",
+            r#"{"agent_id":"a1","cmd":"echo one; sleep 1; echo two"}"#,
+            &format!("{base}/tasks/shell"),
+        ],
+    );
+    assert_eq!(code, Some(0), "{created}");
+    let created: serde_json::Value = serde_json::from_str(&created).expect("JSON");
+    let id = created["task_id"].as_str().expect("task_id");
+
+    // The stream replays and then follows the task live; it ends after the final status.
+    let (code, events) = curl(&ca, &["-N", &format!("{base}/stream?ref={id}")]);
+    assert_eq!(code, Some(0), "{events}");
+    assert!(events.contains("\"stdout\":\"one\\n\""), "{events}");
+    assert!(events.contains("\"stdout\":\"two\\n\""), "{events}");
+    assert!(events.contains("\"status\":\"completed\""), "{events}");
+
+    let (code, task) = curl(&ca, &[&format!("{base}/tasks/{id}")]);
+    assert_eq!(code, Some(0), "{task}");
+    let task: serde_json::Value = serde_json::from_str(&task).expect("JSON");
+    assert_eq!(task["stdout"], "one\ntwo\n");
+}
+
+#[test]
+fn plaintext_and_silent_clients_on_the_https_port_hold_up_nobody() {
+    let dir = TempDir::new("https-plain");
+    make_certificates(&dir.0);
+    let mut server = https_server(&dir.0);
+    let ca = dir.join("ca.pem");
+    let healthz = format!("https://{}/healthz", server.http);
+
+    // Plain HTTP on the TLS port: the handshake fails and that connection is closed.
+    let mut plain = support::http::connect(&server.http);
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/1.1 200"), "no plaintext answer");
+
+    // A client that connects and never starts its handshake does not block the others
+    // (the handshake runs on the connection's thread, not the accept thread).
+    let _silent = std::net::TcpStream::connect(&server.http).expect("connect");
+    let (code, body) = curl(&ca, &["--max-time", "10", &healthz]);
+    assert_eq!(code, Some(0), "{body}");
+    assert!(body.contains("\"ok\""), "{body}");
+    assert!(
+        server.proc.child.try_wait().expect("status").is_none(),
+        "still running"
+    );
+}
+
+#[test]
+fn an_https_key_that_does_not_match_its_certificate_is_a_one_line_error() {
+    let dir = TempDir::new("https-bad");
+    make_certificates(&dir.0);
+    let tokens = dir.join("agents.json");
+    std::fs::write(&tokens, r#"{"a1":"t1"}"#).expect("write");
+    let out = Command::new(support::binary())
+        .args([
+            "server",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--api-token",
+            "x",
+        ])
+        .arg("--agent-tokens")
+        .arg(&tokens)
+        .arg("--http-tls-cert")
+        .arg(dir.join("server.pem"))
+        .arg("--http-tls-key")
+        .arg(dir.join("client.key"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not belong to the certificate"), "{err}");
+    assert_eq!(
+        err.trim()
+            .lines()
+            .filter(|l| l.starts_with("nodelink:"))
+            .count(),
+        1
+    );
 }

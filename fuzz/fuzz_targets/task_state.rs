@@ -295,7 +295,7 @@ struct Seen {
 impl Seen {
     fn take(&mut self, d: Delivery) {
         match d {
-            Delivery::Event(e) => self.events.push(e),
+            Delivery::Events(batch) => self.events.extend(batch),
             Delivery::Lagged(n) => panic!("the listener lost {n} events"),
         }
     }
@@ -313,9 +313,12 @@ impl Seen {
             let d = rx
                 .recv_timeout(Duration::from_secs(10))
                 .expect("the sentinel response was applied within 10 s (a response was lost?)");
+            let seen = self.events.len();
             self.take(d);
-            let e = self.events.last().unwrap();
-            if e.task_id == sentinel && matches!(e.kind, EventKind::Output { .. }) {
+            let sentinel_output = self.events[seen..]
+                .iter()
+                .find(|e| e.task_id == sentinel && matches!(e.kind, EventKind::Output { .. }));
+            if let Some(e) = sentinel_output {
                 return e.global_seq;
             }
         }

@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use crate::http::ApiError;
+use crate::limits::Limit;
 use crate::sse::HubError;
 use crate::tasks::TaskError;
 
@@ -25,7 +26,8 @@ impl From<TaskError> for ApiError {
             TaskError::AlreadyFinished { task_id, status } => ApiError::conflict(msg)
                 .with_details(json!({ "task_id": task_id.to_string(), "status": status.as_str() })),
             TaskError::RegistryFull { max_tasks } => ApiError::too_many_requests(msg, None)
-                .with_details(json!({ "max_tasks": max_tasks })),
+                .with_details(json!({ "max_tasks": max_tasks }))
+                .with_limit(Limit::Tasks),
             TaskError::ShuttingDown => ApiError::service_unavailable(msg, None),
         }
     }
@@ -35,7 +37,8 @@ impl From<HubError> for ApiError {
     fn from(e: HubError) -> Self {
         match e {
             HubError::TooManyClients(limit) => ApiError::service_unavailable(e.to_string(), None)
-                .with_details(json!({ "limit": limit })),
+                .with_details(json!({ "limit": limit }))
+                .with_limit(Limit::SseClients),
             HubError::ShuttingDown => ApiError::service_unavailable(e.to_string(), None),
         }
     }

@@ -12,6 +12,7 @@ use super::routes::Route;
 use super::{stream, ApiState};
 use crate::http::request::{read_json_object, require_bearer, Query};
 use crate::http::{respond, ApiError, Params};
+use crate::limits::Limit;
 use crate::tasks::{TaskFilter, TaskId, TaskStatus};
 
 /// Answers one request and records it in the metrics; the HTTP workers' handler.
@@ -44,7 +45,15 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
     let query = Query::from_url(req.url());
     let result = match route.name {
         // Streams take the connection over (or answer the error themselves).
-        Route::Stream => return (label, stream::serve(state, req, &query)),
+        Route::Stream => {
+            let code = stream::serve(state, req, &query);
+            // `stream::serve` answers its errors itself; its only 503 outside shutdown
+            // is the hub's client limit.
+            if code == 503 && !state.hub.is_shutting_down() {
+                state.hits.hit(Limit::SseClients);
+            }
+            return (label, code);
+        }
         Route::Metrics => return (label, metrics(state, req)),
         Route::Health => Ok(json!({"status": "ok"})),
         Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
@@ -76,6 +85,9 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
             (label, 200)
         }
         Err(e) => {
+            if let Some(limit) = e.limit() {
+                state.hits.hit(limit);
+            }
             respond::error(req, &e);
             (label, e.status())
         }

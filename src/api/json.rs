@@ -1,6 +1,7 @@
 //! JSON shapes of the REST API and of SSE event data: the one place that turns the task
 //! manager's snapshots and events into the wire contract's field names.
 
+use std::io::Write;
 use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
@@ -125,17 +126,32 @@ pub fn event_name(e: &TaskEvent) -> &'static str {
     }
 }
 
-/// The SSE `data:` of an event, as one line of JSON.
+/// The SSE event name and `data:` of an event: what the hub formats into frames.
+pub fn event_sse(e: &TaskEvent) -> (&'static str, String) {
+    (event_name(e), event_data(e))
+}
+
+/// The SSE `data:` of an event, as one line of JSON (keys in sorted order, as
+/// `serde_json::Value` writes them). Written directly rather than through a `Value`: output
+/// events carry up to a chunk of text each, and copying it into a map first doubled the cost
+/// of the busiest path of a stream.
 pub fn event_data(e: &TaskEvent) -> String {
-    let v = match &e.kind {
-        EventKind::Status { status, reason } => json!({
-            "task_id": e.task_id.to_string(),
-            "agent_id": &*e.agent_id,
-            "seq": e.task_seq,
-            "ts": rfc3339_micros(e.at),
-            "status": status.as_str(),
-            "reason": reason.as_deref(),
-        }),
+    let text = match &e.kind {
+        EventKind::Output { stdout, stderr, .. } => stdout.len() + stderr.len(),
+        EventKind::Status { .. } => 0,
+    };
+    let mut out = Vec::with_capacity(text + 192);
+    out.extend_from_slice(b"{\"agent_id\":");
+    push_json_str(&mut out, &e.agent_id);
+    match &e.kind {
+        EventKind::Status { status, reason } => {
+            out.extend_from_slice(b",\"reason\":");
+            match reason {
+                Some(r) => push_json_str(&mut out, r),
+                None => out.extend_from_slice(b"null"),
+            }
+            push_seq_status(&mut out, e.task_seq, status.as_str());
+        }
         EventKind::Output {
             status,
             is_final,
@@ -143,18 +159,128 @@ pub fn event_data(e: &TaskEvent) -> String {
             stdout,
             stderr,
             exit_code,
-        } => json!({
-            "task_id": e.task_id.to_string(),
-            "agent_id": &*e.agent_id,
-            "seq": e.task_seq,
-            "ts": rfc3339_micros(e.at),
-            "status": status.as_str(),
-            "is_final": is_final,
-            "cancelled": cancelled,
-            "stdout": stdout,
-            "stderr": stderr,
-            "exit_code": exit_code,
-        }),
-    };
-    v.to_string()
+        } => {
+            let _ = write!(out, ",\"cancelled\":{cancelled},\"exit_code\":");
+            match exit_code {
+                Some(c) => {
+                    let _ = write!(out, "{c}");
+                }
+                None => out.extend_from_slice(b"null"),
+            }
+            let _ = write!(out, ",\"is_final\":{is_final}");
+            push_seq_status(&mut out, e.task_seq, status.as_str());
+            out.extend_from_slice(b",\"stderr\":");
+            push_json_str(&mut out, stderr);
+            out.extend_from_slice(b",\"stdout\":");
+            push_json_str(&mut out, stdout);
+        }
+    }
+    let _ = write!(
+        out,
+        ",\"task_id\":\"{}\",\"ts\":\"{}\"}}",
+        e.task_id,
+        humantime::format_rfc3339_micros(e.at)
+    );
+    // Only JSON text and valid UTF-8 strings went in.
+    String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+fn push_seq_status(out: &mut Vec<u8>, seq: u64, status: &str) {
+    let _ = write!(out, ",\"seq\":{seq},\"status\":");
+    push_json_str(out, status);
+}
+
+/// Appends `s` as a JSON string literal, escaped as serde_json escapes it.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::{ReportStatus, TaskStatus};
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    /// The original encoding through `serde_json::Value`, kept as the reference.
+    fn event_data_via_value(e: &TaskEvent) -> String {
+        let v = match &e.kind {
+            EventKind::Status { status, reason } => json!({
+                "task_id": e.task_id.to_string(),
+                "agent_id": &*e.agent_id,
+                "seq": e.task_seq,
+                "ts": rfc3339_micros(e.at),
+                "status": status.as_str(),
+                "reason": reason.as_deref(),
+            }),
+            EventKind::Output {
+                status,
+                is_final,
+                cancelled,
+                stdout,
+                stderr,
+                exit_code,
+            } => json!({
+                "task_id": e.task_id.to_string(),
+                "agent_id": &*e.agent_id,
+                "seq": e.task_seq,
+                "ts": rfc3339_micros(e.at),
+                "status": status.as_str(),
+                "is_final": is_final,
+                "cancelled": cancelled,
+                "stdout": stdout,
+                "stderr": stderr,
+                "exit_code": exit_code,
+            }),
+        };
+        v.to_string()
+    }
+
+    fn event(kind: EventKind) -> TaskEvent {
+        TaskEvent {
+            global_seq: 9,
+            task_seq: 4,
+            task_id: crate::tasks::TaskId::new_v4(),
+            agent_id: Arc::from("agent \"q\" \u{1}"),
+            at: SystemTime::UNIX_EPOCH + Duration::from_micros(1_700_000_000_123_456),
+            kind,
+        }
+    }
+
+    #[test]
+    fn event_json_is_what_a_value_would_write() {
+        let events = [
+            event(EventKind::Status {
+                status: TaskStatus::Failed,
+                reason: Some(Arc::from("agent disconnected\n\t\u{7f}é")),
+            }),
+            event(EventKind::Status {
+                status: TaskStatus::Sent,
+                reason: None,
+            }),
+            event(EventKind::Output {
+                status: ReportStatus::InProgress,
+                is_final: false,
+                cancelled: false,
+                stdout: "line \"1\"\r\n\\ \u{0} \u{1f600}\n".into(),
+                stderr: String::new(),
+                exit_code: None,
+            }),
+            event(EventKind::Output {
+                status: ReportStatus::Completed,
+                is_final: true,
+                cancelled: true,
+                stdout: String::new(),
+                stderr: "oops".into(),
+                exit_code: Some(-9),
+            }),
+        ];
+        for e in &events {
+            let direct = event_data(e);
+            assert_eq!(direct, event_data_via_value(e));
+            let parsed: Value = serde_json::from_str(&direct).expect("valid JSON");
+            assert_eq!(parsed["seq"], 4);
+        }
+    }
 }

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::http::{HttpConfig, HttpServer, Router};
+use crate::limits::LimitHits;
 use crate::link::{AgentDirectory, AgentTokens};
 use crate::metrics::Metrics;
 use crate::server::ServerConfig;
 use crate::sse::SseHub;
 use crate::tasks::TaskManager;
 
-use super::{handlers, Route, ROUTES};
+use super::{handlers, json, Route, ROUTES};
 
 /// What every handler needs, shared read-only by the workers.
 pub struct ApiState {
@@ -34,6 +35,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Whether both listeners are up and the server is not stopping.
     pub ready: AtomicBool,
+    /// Limit hits the handlers count (body size, registry, SSE clients).
+    pub hits: Arc<LimitHits>,
 }
 
 impl ApiState {
@@ -50,23 +53,46 @@ pub struct ApiServer {
     state: Arc<ApiState>,
 }
 
-/// Events buffered per SSE client before it counts as too slow.
+/// Frames (event batches) buffered per SSE client before it counts as too slow: under load
+/// about five seconds of events, at one frame per `SSE_BATCH_INTERVAL`.
 const SSE_CLIENT_QUEUE: usize = 1024;
+/// Least time between two batches of events handed to SSE clients. Under load every client's
+/// writer then wakes and writes at most this often, whatever the event rate; when events are
+/// sparse, each goes out at once.
+const SSE_BATCH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 /// Recent events kept for clients of the global stream that resume.
 const GLOBAL_WINDOW: usize = 10_000;
 
 impl ApiServer {
-    /// Binds the HTTP address and starts the workers and the SSE hub listener.
+    /// Binds the HTTP address and starts the workers and the SSE hub listener; limit hits
+    /// are counted in `hits` (and tiny_http's own counters, which `/metrics` also reads).
     pub fn start(
         cfg: &ServerConfig,
         manager: TaskManager,
         directory: Arc<AgentDirectory>,
+        hits: Arc<LimitHits>,
     ) -> std::io::Result<Self> {
-        let hub = SseHub::new(cfg.max_sse_clients, SSE_CLIENT_QUEUE, GLOBAL_WINDOW);
+        let hub = SseHub::new(
+            cfg.max_sse_clients,
+            SSE_CLIENT_QUEUE,
+            GLOBAL_WINDOW,
+            json::event_sse,
+        );
         let listener_hub = hub.clone();
-        manager.add_listener("sse", Box::new(move |d| listener_hub.deliver(d)))?;
+        manager.add_coalescing_listener(
+            "sse",
+            SSE_BATCH_INTERVAL,
+            Box::new(move |d| listener_hub.deliver(d)),
+        )?;
         let router = Router::new(ROUTES).map_err(std::io::Error::other)?;
-        let metrics = Metrics::new(manager.clone(), directory.clone(), hub.clone());
+        let edge = Arc::new(tiny_http::ServerCounters::default());
+        let metrics = Metrics::new(
+            manager.clone(),
+            directory.clone(),
+            hub.clone(),
+            hits.clone(),
+            edge.clone(),
+        );
         let state = Arc::new(ApiState {
             manager,
             directory,
@@ -77,6 +103,7 @@ impl ApiServer {
             api_token: cfg.api_token.clone(),
             max_body_bytes: cfg.max_body_bytes,
             router,
+            hits,
         });
         let http_cfg = HttpConfig {
             addr: cfg.http_addr.to_string(),
@@ -84,11 +111,18 @@ impl ApiServer {
             thread_name: "nl-http".into(),
             read_timeout: Some(cfg.http_timeout),
             write_timeout: Some(cfg.http_timeout),
+            limits: tiny_http::Limits {
+                max_request_line_bytes: cfg.max_request_line_bytes,
+                max_header_bytes: cfg.max_header_bytes,
+                max_connections: cfg.max_connections,
+            },
+            tls: cfg.http_tls.clone(),
         };
         let worker_state = state.clone();
         let http = HttpServer::start(
             &http_cfg,
             Arc::new(move |req| handlers::handle(&worker_state, req)),
+            edge,
         )?;
         Ok(ApiServer { http, hub, state })
     }

@@ -4,7 +4,9 @@
 //! with resumption from a bounded window (ids are global sequence numbers).
 //!
 //! Each stream gets its own small writer thread that owns the connection, so HTTP workers
-//! are never held by a stream. The writer waits on its bounded queue from the hub; when idle
+//! are never held by a stream. The writer waits on its bounded queue of frames from the hub
+//! (events formatted once for every client, see `sse::Frame`), and writes everything queued
+//! as one chunk, so under load a client costs one write per batch, not per event; when idle
 //! for 15 s it writes a comment so proxies keep the connection, and so a client that went
 //! away is noticed and its resources (writer thread, hub slot) released: within two such
 //! intervals, as the first write after the client closed still succeeds.
@@ -19,11 +21,15 @@ use super::json::{event_data, event_name};
 use super::ApiState;
 use crate::http::request::{last_event_id, Query};
 use crate::http::{respond, ApiError, SseWriter};
-use crate::sse::Subscription;
+use crate::sse::{Frame, Subscription};
 use crate::tasks::{TaskEvent, TaskId};
 
 /// How long a stream may be silent before a keep-alive comment.
 const KEEPALIVE: Duration = Duration::from_secs(15);
+/// Most queued frames written as one chunk.
+const FRAMES_PER_WRITE: usize = 64;
+/// Bytes after which no further frame joins a write: bounds what one write holds up.
+const BYTES_PER_WRITE: usize = 256 * 1024;
 const WRITER_STACK: usize = 256 * 1024;
 
 type Writer = SseWriter<Box<dyn std::io::Write + Send>>;
@@ -150,6 +156,11 @@ fn write_event(w: &mut Writer, id: u64, e: &TaskEvent) -> std::io::Result<()> {
     w.send_event(Some(&id.to_string()), event_name(e), &event_data(e))
 }
 
+/// Whether a task stream ends with this frame (it holds the task's final status).
+fn ends_stream(mode: Mode, frame: &Frame) -> bool {
+    matches!(mode, Mode::Task { .. }) && frame.ends_task()
+}
+
 fn run(
     mut w: Writer,
     sub: Subscription,
@@ -168,19 +179,35 @@ fn run(
         Mode::Task { done: true, .. } => return w.finish(),
         Mode::Task { last_seq, .. } | Mode::Global { last_seq } => last_seq,
     };
+    let mut batch: Vec<(std::sync::Arc<Frame>, usize)> = Vec::with_capacity(FRAMES_PER_WRITE);
     loop {
         match sub.events.recv_timeout(KEEPALIVE) {
-            Ok(e) => {
-                let id = match mode {
-                    Mode::Task { .. } => e.task_seq,
-                    Mode::Global { .. } => e.global_seq,
-                };
-                if id <= last_seq {
-                    continue; // already sent from history
+            Ok(first) => {
+                // Everything queued goes out as one chunk, written straight from the shared
+                // frames; events the client already got from history are skipped.
+                let mut ends = false;
+                let mut bytes = 0;
+                let mut next = Some(first);
+                while let Some(frame) = next.take() {
+                    if let Some((text, newest)) = frame.after(last_seq) {
+                        last_seq = newest;
+                        bytes += text.len();
+                        let skip = frame.len_bytes() - text.len();
+                        ends = ends_stream(mode, &frame);
+                        batch.push((frame, skip));
+                    } else {
+                        ends = ends_stream(mode, &frame);
+                    }
+                    if !ends && batch.len() < FRAMES_PER_WRITE && bytes < BYTES_PER_WRITE {
+                        next = sub.events.try_recv().ok();
+                    }
                 }
-                last_seq = id;
-                write_event(&mut w, id, &e)?;
-                if matches!(mode, Mode::Task { .. }) && e.ends_task() {
+                let parts: Vec<&[u8]> = batch.iter().map(|(f, skip)| f.bytes_from(*skip)).collect();
+                let sent = w.send_text(&parts);
+                drop(parts);
+                batch.clear();
+                sent?;
+                if ends {
                     return w.finish();
                 }
             }

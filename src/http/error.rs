@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use crate::limits::Limit;
+
 /// A client-visible failure: status code, message, optional structured details and
 /// the extra headers the status calls for; rendered as JSON by `respond::error`.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +21,7 @@ pub struct ApiError {
     error: String,
     details: Option<Value>,
     headers: Vec<(String, String)>,
+    limit: Option<Limit>,
 }
 
 impl ApiError {
@@ -30,6 +33,7 @@ impl ApiError {
             error: error.into(),
             details: None,
             headers: Vec::new(),
+            limit: None,
         }
     }
 
@@ -73,6 +77,7 @@ impl ApiError {
             format!("request body exceeds the limit of {limit} bytes"),
         )
         .with_details(json!({ "limit_bytes": limit }))
+        .with_limit(Limit::BodyBytes)
     }
 
     /// 429 with an optional `Retry-After` (whole seconds, rounded up).
@@ -103,6 +108,17 @@ impl ApiError {
     pub fn with_header(mut self, name: &str, value: &str) -> ApiError {
         self.headers.push((name.to_owned(), value.to_owned()));
         self
+    }
+
+    /// Marks the error as a hit of a configured limit, so the edge counts it.
+    pub fn with_limit(mut self, limit: Limit) -> ApiError {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// The configured limit this error reports hitting, if any.
+    pub fn limit(&self) -> Option<Limit> {
+        self.limit
     }
 
     /// The HTTP status code this error is sent with.

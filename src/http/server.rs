@@ -21,14 +21,22 @@
 //! accept thread dies anyway on another error, `is_accepting()` turns false and an
 //! error is logged, so a supervisor can restart the process.
 //!
+//! Limits (`HttpConfig::limits`, enforced by the vendored tiny_http before a request is
+//! queued, each refusal counted in the `tiny_http::ServerCounters` passed to `start`): a
+//! request line over `max_request_line_bytes` gets 414 and a header section over
+//! `max_header_bytes` gets 431, both with a JSON error and `Connection: close`; a
+//! connection beyond `max_connections` open ones gets a 503 (HTTPS: is closed) from the
+//! accept thread, without a thread being started for it. With `HttpConfig::tls` the
+//! listener speaks HTTPS; the handshake runs on the connection's thread, bounded by T.
+//!
 //! What a slow client can still hold, with these timeouts (T = read timeout):
-//! - a tiny_http connection thread (one OS thread per open connection, no cap) while
-//!   it reads the request head or a body of at most 1024 bytes: each read waits at
-//!   most T, then the connection is closed without an answer (Linux reports the
-//!   timeout as `WouldBlock`, which tiny_http does not turn into a 408). An idle
-//!   keep-alive connection is closed the same way after T. A client trickling one
-//!   byte just under every T keeps that thread indefinitely (per-read, not
-//!   per-request, deadline), and tiny_http does not cap header size.
+//! - a tiny_http connection thread (one OS thread per open connection, at most
+//!   `max_connections`) while it reads the request head or a body of at most 1024
+//!   bytes: each read waits at most T, then the connection is closed without an answer
+//!   (Linux reports the timeout as `WouldBlock`, which tiny_http does not turn into a
+//!   408). An idle keep-alive connection is closed the same way after T. A client
+//!   trickling one byte just under every T keeps that thread for as long as its head
+//!   stays under the size limits (per-read, not per-request, deadline).
 //! - one of our workers while `request::read_body` reads a larger, chunked or
 //!   `Expect: 100-continue` body: at most T per read, then a 408. When a request is
 //!   dropped with part of a `Content-Length` body unread (after a 413, 408, 401...),
@@ -37,11 +45,8 @@
 //! - a worker writing to a client that stopped reading: at most the write timeout per
 //!   write (`SseWriter` then returns the error).
 //!
-//! Known tiny_http 0.12 defect outside this module's reach: that drop-time drain
-//! allocates `vec![0; remaining]` for the unread body, so a request declaring a
-//! `Content-Length` larger than the machine can allocate aborts the process if the
-//! handler does not read the whole body (the fix is a fixed-size drain buffer in a
-//! patched tiny_http, as proposed upstream in tiny-http PR #290).
+//! That drop-time drain reads through a fixed buffer in the vendored tiny_http (upstream
+//! allocated the whole declared `Content-Length` at once; see its PATCHED.md).
 
 use std::any::Any;
 use std::io;
@@ -52,7 +57,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use tiny_http::Request;
+use tiny_http::{Limits, Request, ServerCounters};
+
+use crate::tls::HttpTls;
 
 /// The request handler every worker calls; it owns the request and must answer it
 /// (tiny_http answers 500 for a request dropped unanswered).
@@ -73,6 +80,10 @@ pub struct HttpConfig {
     /// Max time any single socket write may block, e.g. to an SSE client that stopped
     /// reading; `None` disables it.
     pub write_timeout: Option<Duration>,
+    /// Bounds on request lines, headers and open connections (default: none).
+    pub limits: Limits,
+    /// HTTPS certificate and key; `None` serves plain HTTP.
+    pub tls: Option<HttpTls>,
 }
 
 impl Default for HttpConfig {
@@ -84,6 +95,8 @@ impl Default for HttpConfig {
             thread_name: "http".to_owned(),
             read_timeout: Some(Duration::from_secs(30)),
             write_timeout: Some(Duration::from_secs(30)),
+            limits: Limits::default(),
+            tls: None,
         }
     }
 }
@@ -110,8 +123,13 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `config.addr`, applies the socket timeouts and starts the workers.
-    pub fn start(config: &HttpConfig, handler: Handler) -> io::Result<HttpServer> {
+    /// Binds `config.addr`, applies the socket timeouts and limits and starts the workers;
+    /// tiny_http counts what the limits refuse in `counters`.
+    pub fn start(
+        config: &HttpConfig,
+        handler: Handler,
+        counters: Arc<ServerCounters>,
+    ) -> io::Result<HttpServer> {
         let listener = TcpListener::bind(config.addr.as_str())?;
         let local_addr = listener.local_addr()?;
         if let Some(t) = config.read_timeout {
@@ -120,8 +138,14 @@ impl HttpServer {
         if let Some(t) = config.write_timeout {
             set_socket_timeout(&listener, SocketTimeout::Write, t)?;
         }
-        let server = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let ssl = config.tls.as_ref().map(HttpTls::ssl_config);
+        let server = tiny_http::Server::from_listener_with_limits(
+            listener,
+            ssl,
+            config.limits.clone(),
+            counters,
+        )
+        .map_err(|e| io::Error::other(e.to_string()))?;
         let server = Arc::new(server);
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
@@ -143,7 +167,12 @@ impl HttpServer {
             this.workers.push(handle);
         }
         log::info!(
-            "HTTP server on {local_addr} with {} workers (read timeout {:?}, write timeout {:?})",
+            "{} server on {local_addr} with {} workers (read timeout {:?}, write timeout {:?})",
+            if config.tls.is_some() {
+                "HTTPS"
+            } else {
+                "HTTP"
+            },
             this.workers.len(),
             config.read_timeout,
             config.write_timeout
@@ -298,7 +327,9 @@ mod tests {
             ..HttpConfig::default()
         };
         let handler: Handler = Arc::new(|_req| {});
-        let err = HttpServer::start(&cfg, handler).err().expect("rejected");
+        let err = HttpServer::start(&cfg, handler, Arc::default())
+            .err()
+            .expect("rejected");
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 }

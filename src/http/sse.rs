@@ -201,6 +201,32 @@ impl<W: Write> SseWriter<W> {
         self.write_payload()
     }
 
+    /// Sends text already formatted as SSE events, in parts (e.g. slices of shared frames),
+    /// as one chunk and one flush, without copying the parts into a buffer of its own.
+    pub fn send_text(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        self.check_open()?;
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len == 0 {
+            return Ok(());
+        }
+        let result = (|| {
+            if self.chunked {
+                write!(self.out, "{len:x}\r\n")?;
+            }
+            for part in parts {
+                self.out.write_all(part)?;
+            }
+            if self.chunked {
+                self.out.write_all(b"\r\n")?;
+            }
+            self.out.flush()
+        })();
+        if result.is_err() {
+            self.state = State::Failed;
+        }
+        result
+    }
+
     /// Sends a comment, e.g. `comment("keep-alive")`; a failure means the client left.
     pub fn comment(&mut self, text: &str) -> io::Result<()> {
         self.payload.clear();
@@ -273,6 +299,18 @@ mod tests {
 
     fn text(b: &[u8]) -> &str {
         std::str::from_utf8(b).expect("utf8")
+    }
+
+    #[test]
+    fn text_in_parts_is_one_chunk() {
+        let mut w = SseWriter::new(Vec::new(), true);
+        w.send_text(&[b"data: a\n\n", b"data: bc\n\n"])
+            .expect("write");
+        w.send_text(&[b"", b""]).expect("nothing to write");
+        assert_eq!(text(w.get_ref()), "13\r\ndata: a\n\ndata: bc\n\n\r\n");
+        let mut raw = SseWriter::new(Vec::new(), false);
+        raw.send_text(&[b"data: a\n\n"]).expect("write");
+        assert_eq!(text(raw.get_ref()), "data: a\n\n");
     }
 
     #[test]

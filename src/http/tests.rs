@@ -141,8 +141,9 @@ fn start_flood(
         thread_name: "test-http".to_owned(),
         read_timeout: Some(read_timeout),
         write_timeout: Some(write_timeout),
+        ..HttpConfig::default()
     };
-    HttpServer::start(&cfg, demo_handler(flood)).expect("server starts")
+    HttpServer::start(&cfg, demo_handler(flood), std::sync::Arc::default()).expect("server starts")
 }
 
 fn start() -> HttpServer {

@@ -6,7 +6,8 @@
 //! non-blocking for callers (HTTP, timer and response threads); the queue is bounded in
 //! practice by the task registry's bound, since each task sends at most a run and a cancel.
 //! A second connection with the same agent id replaces the first: dropping the old sender
-//! ends the old writer, which closes that call cleanly.
+//! ends the old writer, which closes that call cleanly. At most `max_agents` distinct agents
+//! are connected at once; a replacement does not count as one more.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,11 +39,37 @@ struct Session {
 }
 
 /// Connected agents by id.
-#[derive(Default)]
 pub struct AgentDirectory {
     sessions: RwLock<HashMap<Arc<str>, Session>>,
     next_session: AtomicU64,
+    max_agents: usize,
 }
+
+impl Default for AgentDirectory {
+    /// No bound on the number of agents (tests, embedding).
+    fn default() -> Self {
+        AgentDirectory::new(usize::MAX)
+    }
+}
+
+/// Why a stream could not be registered: `max_agents` other agents are connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyAgents {
+    /// The configured maximum.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for TooManyAgents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "too many agents connected (limit {}); raise --max-agents on the server",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for TooManyAgents {}
 
 /// A registered session: its number and the queue its writer drains.
 pub struct Registration {
@@ -55,8 +82,28 @@ pub struct Registration {
 }
 
 impl AgentDirectory {
-    /// Makes `agent_id`'s new stream the one tasks go to.
-    pub fn register(&self, agent_id: Arc<str>, peer: String) -> Registration {
+    /// A directory admitting at most `max_agents` agents at once.
+    pub fn new(max_agents: usize) -> Self {
+        AgentDirectory {
+            sessions: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(0),
+            max_agents,
+        }
+    }
+
+    /// Makes `agent_id`'s new stream the one tasks go to, unless it would be one agent more
+    /// than `max_agents`.
+    pub fn register(
+        &self,
+        agent_id: Arc<str>,
+        peer: String,
+    ) -> Result<Registration, TooManyAgents> {
+        let mut sessions = self.sessions.write();
+        if sessions.len() >= self.max_agents && !sessions.contains_key(&agent_id) {
+            return Err(TooManyAgents {
+                limit: self.max_agents,
+            });
+        }
         let (tx, requests) = unbounded();
         let session_id = self.next_session.fetch_add(1, Ordering::Relaxed) + 1;
         let info = AgentInfo {
@@ -64,7 +111,7 @@ impl AgentDirectory {
             connected_at: SystemTime::now(),
             peer,
         };
-        let old = self.sessions.write().insert(
+        let old = sessions.insert(
             agent_id,
             Session {
                 id: session_id,
@@ -72,11 +119,11 @@ impl AgentDirectory {
                 tx,
             },
         );
-        Registration {
+        Ok(Registration {
             session_id,
             requests,
             replaced: old.is_some(),
-        }
+        })
     }
 
     /// Removes the session if it is still the agent's current one; true when it was.
@@ -131,5 +178,28 @@ impl AgentGateway for AgentDirectory {
             .tx
             .unbounded_send(request_from_command(agent_id, command))
             .map_err(|_| GatewayError::NotConnected)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn past_the_limit_only_a_reconnecting_agent_is_admitted() {
+        let dir = AgentDirectory::new(1);
+        let first = dir.register("a1".into(), "p".into()).expect("first");
+        assert!(!first.replaced);
+        assert_eq!(
+            dir.register("a2".into(), "p".into()).err(),
+            Some(TooManyAgents { limit: 1 })
+        );
+        let again = dir.register("a1".into(), "p".into()).expect("replacement");
+        assert!(again.replaced);
+        assert!(dir.unregister("a1", again.session_id));
+        assert!(
+            dir.register("a2".into(), "p".into()).is_ok(),
+            "a freed place"
+        );
     }
 }

@@ -8,5 +8,5 @@ mod directory;
 mod service;
 
 pub use auth::{AgentTokens, TokenFileError};
-pub use directory::{AgentDirectory, AgentInfo};
+pub use directory::{AgentDirectory, AgentInfo, TooManyAgents};
 pub use service::AgentLink;

@@ -6,6 +6,12 @@
 //! stream, and a reader that turns each response into an [`AgentReport`] for the response
 //! channel. The reader's `send` waits while that channel is full, so a flooding agent is held
 //! back by HTTP/2 flow control instead of losing data.
+//!
+//! Limits: an agent beyond `--max-agents` is refused with RESOURCE_EXHAUSTED before any
+//! session exists, and counted in [`LimitHits`]. A message larger than
+//! `--max-grpc-message-bytes` is refused by gRPC's core (`max_receive_message_len`), which
+//! fails the agent's call with RESOURCE_EXHAUSTED; the reader here only sees its stream end,
+//! as when an agent closes it, so that hit cannot be counted (see `crate::limits`).
 
 use std::sync::Arc;
 
@@ -15,6 +21,7 @@ use grpcio::{DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, Wr
 use super::auth::AgentTokens;
 use super::convert::report_from_response;
 use super::directory::AgentDirectory;
+use crate::limits::{Limit, LimitHits};
 use crate::proto::{AgentService, TaskRequest, TaskResponse};
 use crate::tasks::TaskManager;
 
@@ -24,19 +31,22 @@ pub struct AgentLink {
     tokens: Arc<AgentTokens>,
     directory: Arc<AgentDirectory>,
     manager: TaskManager,
+    hits: Arc<LimitHits>,
 }
 
 impl AgentLink {
-    /// A link that admits the agents in `tokens` and feeds `manager`.
+    /// A link that admits the agents in `tokens`, feeds `manager` and counts limit hits.
     pub fn new(
         tokens: Arc<AgentTokens>,
         directory: Arc<AgentDirectory>,
         manager: TaskManager,
+        hits: Arc<LimitHits>,
     ) -> Self {
         AgentLink {
             tokens,
             directory,
             manager,
+            hits,
         }
     }
 
@@ -80,7 +90,19 @@ impl AgentService for AgentLink {
                 return;
             }
         };
-        let reg = self.directory.register(agent_id.clone(), peer.clone());
+        let reg = match self.directory.register(agent_id.clone(), peer.clone()) {
+            Ok(reg) => reg,
+            Err(full) => {
+                self.hits.hit(Limit::Agents);
+                log::warn!("Refused agent {agent_id} from {peer}: {full}");
+                let status =
+                    RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, full.to_string());
+                ctx.spawn(async move {
+                    let _ = sink.fail(status).await;
+                });
+                return;
+            }
+        };
         self.manager.agent_connected(&agent_id);
         if reg.replaced {
             log::info!("Agent {agent_id} connected from {peer}, replacing its previous stream");
@@ -90,6 +112,9 @@ impl AgentService for AgentLink {
 
         let mut requests = reg.requests.map(|r| Ok((r, WriteFlags::default())));
         let writer_agent = agent_id.clone();
+        // Requests queued together leave in one write; `send_all` flushes whenever the queue
+        // runs dry, so a lone request is never held back.
+        sink.enhance_batch(true);
         ctx.spawn(async move {
             if let Err(e) = sink.send_all(&mut requests).await {
                 log::debug!("Agent {writer_agent}: stream write ended: {e}");

@@ -6,16 +6,18 @@
 //! bounded queue and their own thread: publishing is a `try_send` that never blocks the
 //! response thread, events of a task arrive in order, a listener that falls behind loses
 //! events and is told how many (`Delivery::Lagged`), and a panicking listener is logged and
-//! keeps running. The original handed each listener a shared, mutable task in a new goroutine
+//! keeps running. A listener receives events in batches: whatever is queued when its thread
+//! wakes, and, for a coalescing listener (the SSE hub), whatever arrives within its interval
+//! since the previous batch, so a burst costs it one wake-up instead of one per event. The original handed each listener a shared, mutable task in a new goroutine
 //! per event, which reordered events and raced with later updates.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{bounded, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TryRecvError, TrySendError};
 use parking_lot::Mutex;
 
 use super::model::{ReportStatus, TaskId, TaskStatus};
@@ -69,19 +71,33 @@ impl TaskEvent {
     pub fn ends_task(&self) -> bool {
         matches!(self.kind, EventKind::Status { status, .. } if status.is_final())
     }
+
+    /// Bytes of command output the event carries: what dominates the cost of passing it on.
+    pub fn text_len(&self) -> usize {
+        match &self.kind {
+            EventKind::Output { stdout, stderr, .. } => stdout.len() + stderr.len(),
+            EventKind::Status { .. } => 0,
+        }
+    }
 }
 
 /// What a listener is handed.
 #[derive(Debug)]
 pub enum Delivery {
-    /// The next event.
-    Event(Arc<TaskEvent>),
+    /// The next events, in order (never empty).
+    Events(Vec<Arc<TaskEvent>>),
     /// This many events were dropped because the listener's queue was full.
     Lagged(u64),
 }
 
 /// A listener callback, run on its own thread.
 pub type Listener = Box<dyn FnMut(Delivery) + Send>;
+
+/// Most events handed to a listener at once, so one batch cannot grow without bound.
+const MAX_BATCH: usize = 1024;
+/// Output bytes after which a batch goes out without waiting for more: a listener that
+/// encodes events (the SSE hub) then hands large output on in slices, not all at once.
+const MAX_BATCH_TEXT: usize = 256 * 1024;
 
 struct Slot {
     name: String,
@@ -108,8 +124,10 @@ impl ListenerSet {
         }
     }
 
-    /// Starts a listener on its own thread.
-    pub fn add(&self, name: &str, mut listener: Listener) -> std::io::Result<()> {
+    /// Starts a listener on its own thread. `coalesce` is the least time between two of its
+    /// batches: events arriving sooner wait (at most that long) to join the next batch. Zero
+    /// hands over whatever is queued at once.
+    pub fn add(&self, name: &str, coalesce: Duration, listener: Listener) -> std::io::Result<()> {
         let (tx, rx) = bounded::<Arc<TaskEvent>>(self.queue);
         let lagged = Arc::new(AtomicU64::new(0));
         let lag = lagged.clone();
@@ -117,15 +135,7 @@ impl ListenerSet {
         let label = name.to_string();
         let handle = std::thread::Builder::new()
             .name(thread_name)
-            .spawn(move || {
-                for event in rx.iter() {
-                    let missed = lag.swap(0, Ordering::Relaxed);
-                    if missed > 0 {
-                        deliver(&label, &mut listener, Delivery::Lagged(missed));
-                    }
-                    deliver(&label, &mut listener, Delivery::Event(event));
-                }
-            })?;
+            .spawn(move || run_listener(&label, &rx, &lag, coalesce, listener))?;
         self.slots.lock().push(Slot {
             name: name.to_string(),
             tx,
@@ -161,6 +171,55 @@ impl ListenerSet {
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             let _ = t.join();
+        }
+    }
+}
+
+/// A listener thread: waits for an event, gathers the batch around it, hands it over.
+fn run_listener(
+    name: &str,
+    rx: &Receiver<Arc<TaskEvent>>,
+    lagged: &AtomicU64,
+    coalesce: Duration,
+    mut listener: Listener,
+) {
+    let mut last_batch: Option<Instant> = None;
+    while let Ok(first) = rx.recv() {
+        let mut batch = Vec::with_capacity(16);
+        let mut text = first.text_len();
+        batch.push(first);
+        // Events close behind the previous batch wait for the interval to pass; after a quiet
+        // spell the deadline is already past and the batch goes out at once.
+        let deadline = last_batch.map(|t| t + coalesce);
+        let mut closed = false;
+        while batch.len() < MAX_BATCH && text < MAX_BATCH_TEXT {
+            let next = match deadline {
+                Some(d) if Instant::now() < d => rx.recv_deadline(d).map_err(|e| match e {
+                    RecvTimeoutError::Timeout => TryRecvError::Empty,
+                    RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+                }),
+                _ => rx.try_recv(),
+            };
+            match next {
+                Ok(e) => {
+                    text += e.text_len();
+                    batch.push(e);
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        let missed = lagged.swap(0, Ordering::Relaxed);
+        if missed > 0 {
+            deliver(name, &mut listener, Delivery::Lagged(missed));
+        }
+        deliver(name, &mut listener, Delivery::Events(batch));
+        last_batch = Some(Instant::now());
+        if closed {
+            break;
         }
     }
 }

@@ -135,9 +135,20 @@ impl TaskManager {
         self.inner.sink.clone()
     }
 
-    /// Registers an event listener on its own thread.
+    /// Registers an event listener on its own thread; it gets whatever is queued at once.
     pub fn add_listener(&self, name: &str, listener: Listener) -> std::io::Result<()> {
-        self.inner.listeners.add(name, listener)
+        self.inner.listeners.add(name, Duration::ZERO, listener)
+    }
+
+    /// Registers a listener whose batches are at least `every` apart: for a listener whose
+    /// cost is per batch rather than per event (the SSE hub wakes every client per batch).
+    pub fn add_coalescing_listener(
+        &self,
+        name: &str,
+        every: Duration,
+        listener: Listener,
+    ) -> std::io::Result<()> {
+        self.inner.listeners.add(name, every, listener)
     }
 
     /// Events dropped for listeners that fell behind.
@@ -446,6 +457,7 @@ impl Inner {
         if rep.exit_code.is_some() {
             task.exit_code = rep.exit_code;
         }
+        let was_truncated = task.output.truncated();
         let seq = task.output.record_output(
             now,
             rep.status,
@@ -455,6 +467,9 @@ impl Inner {
             &rep.stderr,
             rep.exit_code,
         );
+        if !was_truncated && task.output.truncated() {
+            self.stats.output_truncated.fetch_add(1, Ordering::Relaxed);
+        }
         let reason = match step {
             Transition::To(TaskStatus::Failed) => Some(failure_reason(&rep)),
             Transition::To(TaskStatus::Cancelled) => Some(

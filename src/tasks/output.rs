@@ -184,6 +184,11 @@ impl OutputLog {
         seq
     }
 
+    /// Whether either stream has dropped bytes (for the `output_bytes` limit counter).
+    pub fn truncated(&self) -> bool {
+        self.stdout.truncated() || self.stderr.truncated()
+    }
+
     /// The retained output for readers.
     pub fn snapshot(&self) -> OutputSnapshot {
         OutputSnapshot {

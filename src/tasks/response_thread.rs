@@ -60,6 +60,9 @@ impl ReportSink {
     }
 }
 
+/// Responses applied after a wake-up before the stop signal is looked at again.
+const DRAIN_BATCH: usize = 256;
+
 /// Starts the response thread: applies each report with `apply` until `stop` fires, then
 /// drains what is queued and returns.
 pub(super) fn spawn(
@@ -72,7 +75,14 @@ pub(super) fn spawn(
         .spawn(move || loop {
             select! {
                 recv(rx) -> report => match report {
-                    Ok(report) => apply(report),
+                    Ok(report) => {
+                        apply(report);
+                        // Apply what queued meanwhile before sleeping again: under load the
+                        // thread stays awake and producers need not wake it per response.
+                        for report in rx.try_iter().take(DRAIN_BATCH) {
+                            apply(report);
+                        }
+                    }
                     Err(_) => return,
                 },
                 recv(stop) -> _ => {

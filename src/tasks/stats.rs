@@ -31,6 +31,8 @@ pub struct Stats {
     pub cleanup_runs: AtomicU64,
     /// Tasks removed by sweeps and eviction.
     pub cleanup_removed: AtomicU64,
+    /// Tasks whose retained output first exceeded `max_output_bytes` (once per task).
+    pub output_truncated: AtomicU64,
     /// Time from creation to a final status.
     pub duration: DurationHistogram,
 }

@@ -2,12 +2,16 @@
 //! and calls a callback for every timer that expires.
 //!
 //! Any thread may hold a [`TimerHandle`] (cheap to clone, `Send + Sync`) and
-//! schedule or cancel timers through it; handles only send commands over a
-//! channel and return at once. The timer thread is the only thread that
-//! touches the wheel and the only one that runs the `on_fire` callback. It
-//! never sleeps: it waits on the command channel with a timeout up to the
-//! next tick that can fire something, and blocks on the channel without a
-//! timeout while no timer is pending. This exists so that the rest of
+//! schedule or cancel timers through it; handles only queue commands and
+//! return at once. The timer thread is the only thread that touches the wheel
+//! and the only one that runs the `on_fire` callback. It waits for a wake-up
+//! with a timeout up to the next tick that can fire something (without one
+//! while no timer is pending), and applies the queued commands whenever it
+//! wakes. A handle wakes it only when it must: for a deadline earlier than
+//! the one it sleeps until, for shutdown, or when many commands have queued.
+//! A cancel, or a later deadline (a task's timeout, typically), waits for the
+//! next wake-up: it takes effect before anything fires, so waking the thread
+//! for it would only cost a context switch per command. This exists so that the rest of
 //! nodelink (a synchronous, thread-based server with no async runtime) gets
 //! cheap timeouts without one sleeping thread per timeout.
 //!
@@ -20,7 +24,8 @@ pub mod wheel;
 
 pub use wheel::{TimerKey, TimerWheel, DEFAULT_SLOTS, DEFAULT_TICK};
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::Mutex;
 use std::any::Any;
 use std::fmt;
 use std::io;
@@ -30,9 +35,9 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-/// Most commands applied per wake-up before the wheel is advanced again, so a
-/// flood of schedules cannot delay firing indefinitely.
-const MAX_COMMAND_BATCH: usize = 4096;
+/// Queued commands that wake the thread even when none is urgent, so the
+/// queue stays short however far away the deadlines are.
+const WAKE_AT_QUEUED: usize = 1024;
 
 /// Delays beyond this (about a century) are clamped so `Instant` arithmetic cannot overflow.
 const MAX_DELAY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -58,14 +63,34 @@ enum Command<T> {
 /// as a no-op, e.g. by checking a generation number or state in the payload's
 /// target before acting.
 pub struct TimerHandle<T> {
-    commands: Sender<Command<T>>,
+    queue: Arc<Mutex<Queue<T>>>,
+    /// Wakes the timer thread; dropping every handle (every sender) stops it.
+    wake: Sender<()>,
     next_key: Arc<AtomicU64>,
+}
+
+/// Commands on their way to the timer thread, and whether it must be woken for them.
+struct Queue<T> {
+    commands: Vec<Command<T>>,
+    thread: ThreadState,
+}
+
+/// What the timer thread is doing, as far as a handle needs to know.
+#[derive(Clone, Copy)]
+enum ThreadState {
+    /// Awake (or about to wake): it looks at the queue before sleeping again.
+    Awake,
+    /// Sleeping until this instant (forever if `None`) unless woken.
+    Asleep(Option<Instant>),
+    /// Stopped: commands are dropped.
+    Stopped,
 }
 
 impl<T> Clone for TimerHandle<T> {
     fn clone(&self) -> Self {
         TimerHandle {
-            commands: self.commands.clone(),
+            queue: Arc::clone(&self.queue),
+            wake: self.wake.clone(),
             next_key: Arc::clone(&self.next_key),
         }
     }
@@ -74,7 +99,7 @@ impl<T> Clone for TimerHandle<T> {
 impl<T> fmt::Debug for TimerHandle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimerHandle")
-            .field("queued_commands", &self.commands.len())
+            .field("queued_commands", &self.queue.lock().commands.len())
             .finish()
     }
 }
@@ -105,22 +130,38 @@ impl<T: Send + 'static> TimerHandle<T> {
         }
         // Unbounded on purpose. Callers schedule and cancel while holding
         // their own locks (e.g. a connection table), and `on_fire` takes those
-        // same locks. With a bounded channel, a caller blocked on a full
-        // channel while holding a lock that `on_fire` is waiting for would
-        // deadlock the timer thread and the caller. Memory stays bounded
-        // anyway: each command stands for a timer of some caller-side object
-        // (a connection, a task, a request), and those live in the callers'
-        // own bounded structures.
-        let (commands, command_rx) = crossbeam_channel::unbounded();
+        // same locks. With a bounded queue, a caller blocked on a full queue
+        // while holding a lock that `on_fire` is waiting for would deadlock
+        // the timer thread and the caller. Memory stays bounded anyway: the
+        // thread is woken once `WAKE_AT_QUEUED` commands wait, and each timer
+        // stands for some caller-side object (a connection, a task, a request)
+        // that lives in the callers' own bounded structures.
+        let queue = Arc::new(Mutex::new(Queue {
+            commands: Vec::new(),
+            thread: ThreadState::Awake,
+        }));
+        // One pending wake-up is enough: the thread takes every queued command when it wakes.
+        let (wake, wake_rx) = crossbeam_channel::bounded::<()>(1);
         // Never carries a message: dropping its sender (in `TimerThread`) is the stop signal.
         let (stop, stop_rx) = crossbeam_channel::bounded::<()>(0);
         let wheel = TimerWheel::new(tick, DEFAULT_SLOTS, Instant::now());
         let thread_name = name.to_owned();
+        let thread_queue = Arc::clone(&queue);
         let join = thread::Builder::new()
             .name(name.to_owned())
-            .spawn(move || run(wheel, command_rx, stop_rx, on_fire, &thread_name))?;
+            .spawn(move || {
+                run(
+                    wheel,
+                    &thread_queue,
+                    wake_rx,
+                    stop_rx,
+                    on_fire,
+                    &thread_name,
+                )
+            })?;
         let handle = TimerHandle {
-            commands,
+            queue,
+            wake,
             next_key: Arc::new(AtomicU64::new(1)),
         };
         let thread = TimerThread {
@@ -174,8 +215,34 @@ impl<T> TimerHandle<T> {
     }
 
     fn send(&self, command: Command<T>) {
-        if self.commands.send(command).is_err() {
-            log::debug!("timer thread has stopped; timer command dropped");
+        let wake = {
+            let mut q = self.queue.lock();
+            let asleep_until = match q.thread {
+                ThreadState::Stopped => {
+                    log::debug!("timer thread has stopped; timer command dropped");
+                    return;
+                }
+                ThreadState::Awake => None,
+                ThreadState::Asleep(until) => Some(until),
+            };
+            let urgent = match &command {
+                Command::Schedule { deadline, .. } => {
+                    asleep_until.is_some_and(|until| until.is_none_or(|t| *deadline < t))
+                }
+                Command::Cancel { .. } => false,
+                Command::Shutdown => true,
+            };
+            q.commands.push(command);
+            let wake = asleep_until.is_some() && (urgent || q.commands.len() >= WAKE_AT_QUEUED);
+            if wake {
+                // Further commands need not wake it again: it is on its way.
+                q.thread = ThreadState::Awake;
+            }
+            wake
+        };
+        if wake {
+            // Full means a wake-up is already pending; disconnected means it stopped.
+            let _ = self.wake.try_send(());
         }
     }
 }
@@ -277,73 +344,72 @@ fn deadline_after(delay: Duration) -> Instant {
 }
 
 /// Why the timer thread woke up.
-enum Wake<T> {
-    Command(Command<T>),
-    Timeout,
+enum Wake {
+    /// A handle woke it, or its deadline passed: look at the queue and the wheel.
+    Look,
+    /// Stop: the guard was dropped, or every handle is gone.
     Exit,
 }
 
 /// The timer thread's main loop.
 fn run<T, F: FnMut(T)>(
     mut wheel: TimerWheel<T>,
-    commands: Receiver<Command<T>>,
+    queue: &Mutex<Queue<T>>,
+    wake: Receiver<()>,
     stop: Receiver<()>,
     mut on_fire: F,
     name: &str,
 ) {
     log::debug!("timer thread {name} started");
     let mut fired = Vec::new();
+    let mut commands = Vec::new();
     'outer: loop {
+        // Commands first, so a cancel queued before a deadline passed prevents the fire.
+        std::mem::swap(&mut commands, &mut queue.lock().commands);
+        for command in commands.drain(..) {
+            if !apply(&mut wheel, command) {
+                break 'outer;
+            }
+        }
         wheel.advance(Instant::now(), &mut fired);
         for (key, payload) in fired.drain(..) {
             fire(&mut on_fire, key, payload, name);
         }
-        let first = match wait(&commands, &stop, wheel.next_expiry()) {
-            Wake::Command(command) => command,
-            Wake::Timeout => continue,
-            Wake::Exit => break,
-        };
-        if !apply(&mut wheel, first) {
-            break;
-        }
-        // Apply everything already queued before advancing, so a burst of
-        // commands costs one wake-up and commands sent together take effect together.
-        for _ in 1..MAX_COMMAND_BATCH {
-            match commands.try_recv() {
-                Ok(command) => {
-                    if !apply(&mut wheel, command) {
-                        break 'outer;
-                    }
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) => break 'outer,
+        let until = wheel.next_expiry();
+        {
+            let mut q = queue.lock();
+            if !q.commands.is_empty() {
+                continue; // queued while firing: no sleep until applied
             }
+            q.thread = ThreadState::Asleep(until);
+        }
+        match wait(&wake, &stop, until) {
+            Wake::Look => {}
+            Wake::Exit => break,
         }
     }
+    let mut q = queue.lock();
+    q.thread = ThreadState::Stopped;
+    let dropped = q.commands.len();
+    q.commands.clear();
+    drop(q);
     log::debug!(
-        "timer thread {name} stopped; {} pending timers dropped",
+        "timer thread {name} stopped; {} pending timers and {dropped} queued commands dropped",
         wheel.len()
     );
 }
 
-/// Waits for a command, the stop signal, or `until` (forever if `None`).
-///
-/// This is `recv_timeout`/`recv` on the command channel, widened to also
-/// watch the stop channel.
-fn wait<T>(
-    commands: &Receiver<Command<T>>,
-    stop: &Receiver<()>,
-    until: Option<Instant>,
-) -> Wake<T> {
+/// Waits for a wake-up, the stop signal, or `until` (forever if `None`).
+fn wait(wake: &Receiver<()>, stop: &Receiver<()>, until: Option<Instant>) -> Wake {
     match until {
         None => crossbeam_channel::select! {
-            recv(commands) -> msg => msg.map_or(Wake::Exit, Wake::Command),
+            recv(wake) -> msg => msg.map_or(Wake::Exit, |()| Wake::Look),
             recv(stop) -> _ => Wake::Exit,
         },
         Some(at) => crossbeam_channel::select! {
-            recv(commands) -> msg => msg.map_or(Wake::Exit, Wake::Command),
+            recv(wake) -> msg => msg.map_or(Wake::Exit, |()| Wake::Look),
             recv(stop) -> _ => Wake::Exit,
-            default(at.saturating_duration_since(Instant::now())) => Wake::Timeout,
+            default(at.saturating_duration_since(Instant::now())) => Wake::Look,
         },
     }
 }
@@ -451,6 +517,38 @@ mod tests {
             .collect();
         assert_eq!(order, vec![0, 1, 2, 3, 4, 5]);
         thread.join().expect("timer thread exits cleanly");
+    }
+
+    #[test]
+    fn lazy_commands_take_effect_and_the_queue_stays_short() {
+        let (handle, thread, fired) = spawn_recorder("timer-test-lazy");
+        // The thread sleeps until this anchor, ten minutes away.
+        let anchor = handle.schedule(Instant::now() + Duration::from_secs(600), Job::Record(1));
+        // Later deadlines and cancels do not wake it, but a full queue does: only that can
+        // drain the queue here.
+        let far = Instant::now() + Duration::from_secs(3600);
+        let keys: Vec<_> = (0..5000)
+            .map(|i| handle.schedule(far, Job::Record(100 + i)))
+            .collect();
+        for key in keys {
+            handle.cancel(key);
+        }
+        let deadline = Instant::now() + PATIENCE;
+        while handle.queue.lock().commands.len() >= WAKE_AT_QUEUED {
+            assert!(Instant::now() < deadline, "the queue never drained");
+            thread::sleep(Duration::from_millis(1));
+        }
+        // An earlier deadline wakes it; a cancel that woke nobody still stops a timer due.
+        let soon = Instant::now() + Duration::from_millis(50);
+        handle.schedule(soon, Job::Record(2));
+        let doomed = handle.schedule(soon, Job::Record(3));
+        handle.cancel(doomed);
+        assert_eq!(fired.recv_timeout(PATIENCE), Ok(2));
+        assert!(Instant::now() >= soon, "fired at its deadline");
+        handle.cancel(anchor);
+        handle.shutdown();
+        thread.join().expect("timer thread exits cleanly");
+        assert_eq!(fired.try_iter().collect::<Vec<_>>(), Vec::<u32>::new());
     }
 
     #[test]

@@ -209,7 +209,8 @@ impl Server {
             .lines()
             .find(|l| l.contains("nodelink listening"))
             .expect("listening line");
-        let http = between(line, "HTTP on ", ",").to_string();
+        // "HTTP on ADDR," or "HTTP (TLS) on ADDR,": the first " on " is the HTTP side's.
+        let http = between(line, " on ", ",").to_string();
         let grpc = line
             .rsplit(" on ")
             .next()
@@ -328,4 +329,26 @@ pub fn wait_final(c: &Client, id: &str, limit: Duration) -> Value {
 pub fn free_addr() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").to_string()
+}
+
+/// The value of one series (`name{labels}`) in a `/metrics` scrape; 0 when absent.
+pub fn metric(c: &Client, series: &str) -> f64 {
+    let r = c.get("/metrics");
+    assert_eq!(r.status, 200, "metrics: {}", r.body);
+    r.body
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The `nodelink_limit_hits_total` series of one limit.
+pub fn limit_hits(c: &Client, limit: &str) -> f64 {
+    metric(
+        c,
+        &format!("nodelink_limit_hits_total{{limit=\"{limit}\"}}"),
+    )
 }

@@ -6,8 +6,11 @@ use std::io::{BufReader, BufWriter, ErrorKind, Read};
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
+use crate::limits::{self, Limits, ServerCounters};
 use crate::util::RefinedTcpStream;
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
@@ -34,13 +37,28 @@ pub struct ClientConnection {
 
     // true if the connection goes through SSL
     secure: bool,
+
+    // nodelink patch: bounds on the request line and header section, and their counters
+    limits: Limits,
+    counters: Arc<ServerCounters>,
 }
+
+/// nodelink patch: after refusing an over-long request, read and discard at most this much
+/// of what the client is still sending, for at most `LINGER_TIME`, before closing. Closing
+/// with unread data makes the kernel send a reset, which can destroy the refusal before
+/// the client reads it (the reason servers "linger" on close).
+const LINGER_BYTES: usize = 256 * 1024;
+const LINGER_TIME: Duration = Duration::from_secs(2);
 
 /// Error that can happen when reading a request.
 #[derive(Debug)]
 enum ReadError {
     WrongRequestLine,
     WrongHeader(HTTPVersion),
+    /// nodelink patch: the request line is longer than `max_request_line_bytes`
+    RequestLineTooLong,
+    /// nodelink patch: the header section is larger than `max_header_bytes`
+    HeadersTooLarge,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
@@ -48,9 +66,21 @@ enum ReadError {
 
 impl ClientConnection {
     /// Creates a new `ClientConnection` that takes ownership of the `TcpStream`.
-    pub fn new(
+    pub fn new(write_socket: RefinedTcpStream, read_socket: RefinedTcpStream) -> ClientConnection {
+        Self::with_limits(
+            write_socket,
+            read_socket,
+            Limits::default(),
+            Arc::new(ServerCounters::default()),
+        )
+    }
+
+    /// nodelink patch: like `new`, refusing request lines and headers over `limits`.
+    pub(crate) fn with_limits(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
+        limits: Limits,
+        counters: Arc<ServerCounters>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
@@ -65,6 +95,8 @@ impl ClientConnection {
             next_header_source: first_header,
             no_more_requests: false,
             secure,
+            limits,
+            counters,
         }
     }
 
@@ -77,7 +109,10 @@ impl ClientConnection {
     ///
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
-    fn read_next_line(&mut self) -> IoResult<AsciiString> {
+    ///
+    /// nodelink patch: `Ok(None)` once the line is longer than `max` bytes (without its
+    /// CRLF); reading stops there. Upstream kept reading a line of any length into memory.
+    fn read_next_line(&mut self, max: usize) -> IoResult<Option<AsciiString>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -91,13 +126,21 @@ impl ClientConnection {
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
+                if buf.len() > max {
+                    return Ok(None);
+                }
                 return AsciiString::from_ascii(buf)
+                    .map(Some)
                     .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
             }
 
             prev_byte_was_cr = byte == b'\r';
 
             buf.push(byte);
+            // One more byte than `max` may be the CR of a line of exactly `max` bytes.
+            if buf.len() > max.saturating_add(1) {
+                return Ok(None);
+            }
         }
     }
 
@@ -107,7 +150,10 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self
+                    .read_next_line(self.limits.max_request_line_bytes)
+                    .map_err(ReadError::ReadIoError)?
+                    .ok_or(ReadError::RequestLineTooLong)?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -117,12 +163,18 @@ impl ClientConnection {
             // getting all headers
             let headers = {
                 let mut headers = Vec::new();
+                // Every header line counts with its CRLF; the blank line that ends them doesn't.
+                let mut budget = self.limits.max_header_bytes;
                 loop {
-                    let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                    let line = self
+                        .read_next_line(budget.saturating_sub(2))
+                        .map_err(ReadError::ReadIoError)?
+                        .ok_or(ReadError::HeadersTooLarge)?;
 
                     if line.is_empty() {
                         break;
                     };
+                    budget = budget.saturating_sub(line.len() + 2);
                     headers.push(match FromStr::from_str(line.as_str().trim()) {
                         // TODO: remove this conversion
                         Ok(h) => h,
@@ -195,6 +247,20 @@ impl Iterator for ClientConnection {
                                  // se we have to close
                 }
 
+                Err(ReadError::RequestLineTooLong) => {
+                    self.counters.count_request_line_too_long();
+                    let max = self.limits.max_request_line_bytes;
+                    self.refuse(414, "request line", max);
+                    return None;
+                }
+
+                Err(ReadError::HeadersTooLarge) => {
+                    self.counters.count_headers_too_large();
+                    let max = self.limits.max_header_bytes;
+                    self.refuse(431, "request header section", max);
+                    return None;
+                }
+
                 Err(ReadError::WrongHeader(ver)) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
@@ -261,6 +327,51 @@ impl Iterator for ClientConnection {
 
             // returning the request
             return Some(rq);
+        }
+    }
+}
+
+impl ClientConnection {
+    /// nodelink patch: answers a request over a limit with `code` and a JSON error, then
+    /// lingers (see `LINGER_BYTES`) so the answer is not lost to a reset. The connection
+    /// is closed afterwards: where the next request would start is unknown.
+    fn refuse(&mut self, code: u16, message: &str, limit: usize) {
+        use crate::StatusCode;
+        use std::io::Write;
+
+        // Written by hand: `Response` drops a `Connection` header set by the caller.
+        let body = limits::error_body(message, limit);
+        let answer = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{}",
+            code,
+            StatusCode(code).default_reason_phrase(),
+            body.len(),
+            body
+        );
+        let Some(mut writer) = self.sink.next() else {
+            return;
+        };
+        if writer
+            .write_all(answer.as_bytes())
+            .and_then(|()| writer.flush())
+            .is_err()
+        {
+            return;
+        }
+        drop(writer);
+        // Send our FIN now: a client that reads the answer then closes, ending the drain.
+        if let Some(reader) = self.next_header_source.current_mut() {
+            let _ = reader.get_mut().shutdown_write();
+        }
+        let started = Instant::now();
+        let mut drained = 0;
+        let mut buf = [0u8; 8192];
+        while drained < LINGER_BYTES && started.elapsed() < LINGER_TIME {
+            match self.next_header_source.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
         }
     }
 }

@@ -114,6 +114,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
+pub use limits::{Limits, ServerCounters};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -121,6 +122,7 @@ pub use test::TestRequest;
 mod client;
 mod common;
 mod connection;
+mod limits;
 mod request;
 mod response;
 mod ssl;
@@ -245,6 +247,22 @@ impl Server {
         listener: L,
         ssl_config: Option<SslConfig>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_limits(
+            listener,
+            ssl_config,
+            Limits::default(),
+            Arc::new(ServerCounters::default()),
+        )
+    }
+
+    /// nodelink patch: like `from_listener`, with bounds on what clients control; every
+    /// refusal is counted in `counters`, which the caller keeps to read.
+    pub fn from_listener_with_limits<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+        counters: Arc<ServerCounters>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -265,13 +283,14 @@ impl Server {
         type SslContext = ();
         #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
         type SslContext = crate::ssl::SslContextImpl;
-        let ssl: Option<SslContext> = {
+        // nodelink patch: shared with the connection threads, which now do the handshakes.
+        let ssl: Option<Arc<SslContext>> = {
             match ssl_config {
                 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                Some(config) => Some(SslContext::from_pem(
+                Some(config) => Some(Arc::new(SslContext::from_pem(
                     config.certificate,
                     Zeroizing::new(config.private_key),
-                )?),
+                )?)),
                 #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
                 Some(_) => return Err(
                     "Building a server with SSL requires enabling the `ssl` feature in tiny-http"
@@ -297,47 +316,85 @@ impl Server {
                 let new_client = match server.accept() {
                     Ok((sock, _)) => {
                         use util::RefinedTcpStream;
-                        let pair = match ssl {
-                            None => RefinedTcpStream::new(sock),
-                            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
-                            Some(ref ssl) => {
-                                // trying to apply SSL over the connection
-                                // if an error occurs, we just close the socket and resume listening
-                                let sock = match ssl.accept(sock) {
-                                    Ok(s) => s,
-                                    Err(_) => continue,
-                                };
-
-                                RefinedTcpStream::new(sock)
-                            }
-                            #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
-                            Some(ref _ssl) => unreachable!(),
+                        // nodelink patch: at most `max_connections` open at once. Over it,
+                        // answer without starting a thread and count the refusal.
+                        let Some(slot) = crate::limits::ConnectionSlot::try_acquire(
+                            &counters,
+                            limits.max_connections,
+                        ) else {
+                            counters.count_connection_refused();
+                            refuse_connection(sock, ssl.is_some(), limits.max_connections);
+                            continue;
                         };
-
-                        pair.map(|(read_closable, write_closable)| {
-                            ClientConnection::new(write_closable, read_closable)
-                        })
+                        match ssl {
+                            None => RefinedTcpStream::with_slot(sock, Some(slot)).map(
+                                |(read_closable, write_closable)| {
+                                    Accepted::Ready(ClientConnection::with_limits(
+                                        write_closable,
+                                        read_closable,
+                                        limits.clone(),
+                                        counters.clone(),
+                                    ))
+                                },
+                            ),
+                            // nodelink patch: the TLS handshake happens on the connection's
+                            // own thread; upstream did it here, so one client that opened a
+                            // connection and sent nothing stopped all accepts until the socket
+                            // read timeout.
+                            Some(ref ssl) => Ok(Accepted::Handshake(sock, slot, ssl.clone())),
+                        }
                     }
                     Err(e) => Err(e),
                 };
 
                 match new_client {
-                    Ok(client) => {
+                    Ok(accepted) => {
                         let messages = inside_messages.clone();
-                        let mut client = Some(client);
+                        let (limits, counters) = (limits.clone(), counters.clone());
+                        let mut accepted = Some(accepted);
                         tasks_pool.spawn(Box::new(move || {
-                            if let Some(client) = client.take() {
-                                // Synchronization is needed for HTTPS requests to avoid a deadlock
-                                if client.secure() {
-                                    let (sender, receiver) = mpsc::channel();
-                                    for rq in client {
-                                        messages.push(rq.with_notify_sender(sender.clone()).into());
-                                        receiver.recv().unwrap();
+                            let client = match accepted.take() {
+                                Some(Accepted::Ready(client)) => client,
+                                #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+                                Some(Accepted::Handshake(sock, slot, ssl)) => {
+                                    let sock = match ssl.accept(sock) {
+                                        Ok(s) => s,
+                                        Err(e) => {
+                                            log::debug!("TLS handshake failed: {}", e);
+                                            return;
+                                        }
+                                    };
+                                    match util::RefinedTcpStream::with_slot(sock, Some(slot)) {
+                                        Ok((read_closable, write_closable)) => {
+                                            ClientConnection::with_limits(
+                                                write_closable,
+                                                read_closable,
+                                                limits.clone(),
+                                                counters.clone(),
+                                            )
+                                        }
+                                        Err(e) => {
+                                            log::warn!("Cannot serve a TLS connection: {}", e);
+                                            return;
+                                        }
                                     }
-                                } else {
-                                    for rq in client {
-                                        messages.push(rq.into());
+                                }
+                                #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+                                Some(Accepted::Handshake(..)) => return,
+                                None => return,
+                            };
+                            // Synchronization is needed for HTTPS requests to avoid a deadlock
+                            if client.secure() {
+                                let (sender, receiver) = mpsc::channel();
+                                for rq in client {
+                                    messages.push(rq.with_notify_sender(sender.clone()).into());
+                                    if receiver.recv().is_err() {
+                                        break;
                                     }
+                                }
+                            } else {
+                                for rq in client {
+                                    messages.push(rq.into());
                                 }
                             }
                         }));
@@ -460,6 +517,50 @@ impl Drop for Server {
             if let Some(path) = addr.as_pathname() {
                 let _ = std::fs::remove_file(path);
             }
+        }
+    }
+}
+
+/// nodelink patch: a connection accepted for the TLS handshake on its own thread, or ready.
+enum Accepted {
+    Ready(ClientConnection),
+    #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+    Handshake(
+        Connection,
+        crate::limits::ConnectionSlot,
+        Arc<crate::ssl::SslContextImpl>,
+    ),
+    #[cfg(not(any(feature = "ssl-openssl", feature = "ssl-rustls")))]
+    Handshake(Connection, crate::limits::ConnectionSlot, Arc<()>),
+}
+
+/// nodelink patch: turns away a connection over `max_connections` on the accept thread.
+/// Plain HTTP gets a short 503 (a fresh socket's send buffer is empty, so this write does
+/// not block); what the client already sent is read without waiting, so the close is
+/// usually a FIN and not a reset that could destroy the answer. HTTPS is just closed: an
+/// answer would need a handshake, which is what the limit is there to avoid.
+fn refuse_connection(sock: Connection, secure: bool, max: usize) {
+    use std::io::{Read, Write};
+    if secure {
+        return;
+    }
+    let body = limits::connections_body(max);
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        body
+    );
+    let mut sock = sock;
+    if sock.set_nonblocking(true).is_err() || sock.write_all(answer.as_bytes()).is_err() {
+        return;
+    }
+    let _ = sock.shutdown(Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match sock.read(&mut buf) {
+            Ok(n) if n > 0 => {}
+            _ => break,
         }
     }
 }

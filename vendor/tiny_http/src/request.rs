@@ -96,7 +96,8 @@ impl<R: Write> Write for NotifyOnDrop<R> {
 }
 impl<R> Drop for NotifyOnDrop<R> {
     fn drop(&mut self) {
-        self.sender.send(()).unwrap();
+        // nodelink patch: the connection thread may be gone; upstream panicked.
+        let _ = self.sender.send(());
     }
 }
 
@@ -435,7 +436,8 @@ impl Request {
     {
         let res = self.respond_impl(response);
         if let Some(sender) = self.notify_when_responded.take() {
-            sender.send(()).unwrap();
+            // nodelink patch: the connection thread may be gone; upstream panicked.
+            let _ = sender.send(());
         }
         res
     }
@@ -491,7 +493,8 @@ impl Drop for Request {
             let response = Response::empty(500);
             let _ = self.respond_impl(response); // ignoring any potential error
             if let Some(sender) = self.notify_when_responded.take() {
-                sender.send(()).unwrap();
+                // nodelink patch: the connection thread may be gone; upstream panicked.
+                let _ = sender.send(());
             }
         }
     }

@@ -97,7 +97,8 @@ impl OpenSslContext {
         stream: Connection,
     ) -> Result<OpenSslStream, Box<dyn Error + Send + Sync + 'static>> {
         use openssl::ssl::Ssl;
-        let session = Ssl::new(&self.0).expect("Failed to create new OpenSSL session");
+        // nodelink patch: upstream panicked here, on the accept thread.
+        let session = Ssl::new(&self.0)?;
         let stream = session.accept(stream)?;
         Ok(OpenSslStream { inner: stream })
     }

@@ -1,8 +1,10 @@
 use std::io::Result as IoResult;
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
+use std::sync::Arc;
 
 use crate::connection::Connection;
+use crate::limits::ConnectionSlot;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -88,6 +90,8 @@ pub struct RefinedTcpStream {
     stream: Stream,
     close_read: bool,
     close_write: bool,
+    // nodelink patch: both halves share the connection's slot under `max_connections`.
+    _slot: Option<Arc<ConnectionSlot>>,
 }
 
 impl RefinedTcpStream {
@@ -95,7 +99,19 @@ impl RefinedTcpStream {
     where
         S: Into<Stream>,
     {
+        Self::with_slot(stream, None)
+    }
+
+    /// nodelink patch: like `new`, holding `slot` until both halves are dropped.
+    pub(crate) fn with_slot<S>(
+        stream: S,
+        slot: Option<ConnectionSlot>,
+    ) -> IoResult<(RefinedTcpStream, RefinedTcpStream)>
+    where
+        S: Into<Stream>,
+    {
         let stream: Stream = stream.into();
+        let slot = slot.map(Arc::new);
 
         let (read, write) = (stream.try_clone()?, stream);
 
@@ -103,12 +119,14 @@ impl RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
+            _slot: slot.clone(),
         };
 
         let write = RefinedTcpStream {
             stream: write,
             close_read: false,
             close_write: true,
+            _slot: slot,
         };
 
         Ok((read, write))
@@ -122,6 +140,12 @@ impl RefinedTcpStream {
 
     pub(crate) fn peer_addr(&mut self) -> IoResult<Option<SocketAddr>> {
         self.stream.peer_addr()
+    }
+
+    /// nodelink patch: ends the sending side of the whole connection (both halves share
+    /// the socket), so the client sees the end of a refusal before we stop reading.
+    pub(crate) fn shutdown_write(&mut self) -> IoResult<()> {
+        self.stream.shutdown(Shutdown::Write)
     }
 }
 
