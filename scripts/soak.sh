@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Soak test (docs/RELIABILITY.md): a fresh server with short task retention takes a steady
 # open-loop dispatch load for a long time, while its RSS and registry size are sampled into a
-# CSV. Fails (exit 1) if a response is lost (tasks created != completions observed, or any
-# bench error), if the RSS peak of the second half exceeds the first half's by more than the
-# allowed growth, or if the registry grows beyond what retention allows. Loopback only.
+# CSV. Fails (exit 1) if a response is lost (the server completed fewer tasks than it created,
+# or ignored a response), if the load generator missed a completion or saw it after its 10 s
+# wait, if the RSS peak of the second half exceeds the first half's by more than the allowed
+# growth, or if the registry grows beyond what retention allows. Loopback only.
 #
 # Environment (defaults):
 #   DURATION=10m        measured dispatch phase (nodelink-bench syntax: 90s, 10m, 1h)
@@ -121,6 +122,13 @@ wait "$bench_pid" || bench_ok=$?
 bench_pid=""
 hwm_kb=$(awk '/^VmHWM:/ { print $2 }' "/proc/$server_pid/status")
 ignored=$(metric nodelink_agent_responses_ignored_total)
+# The server's own account, to tell a lost response (a task it never finished) from a
+# completion the load generator saw too late or missed.
+sleep 2
+server_created=$(metric nodelink_tasks_created_total)
+server_completed=$(curl -s --max-time 5 -H "Authorization: Bearer $api_token" "http://$http_addr/metrics" |
+  awk '$1 == "nodelink_tasks_finished_total{status=\"completed\"}" { print $2 }')
+server_finished=$(metric nodelink_tasks_finished_total)
 
 # The figures, from the CSV and the bench report.
 fig() { grep -oE "\"$1\":[0-9.eE+-]+" "$out/bench.json" | head -1 | cut -d: -f2; }
@@ -157,10 +165,12 @@ verdict=PASS
 reasons=()
 notes=()
 if [ "$bench_ok" -ne 0 ]; then reasons+=("nodelink-bench exited with $bench_ok (see $out/bench.log)"); fi
-if [ -z "$created" ] || [ "$created" != "$completed" ]; then
-  reasons+=("lost responses: $created tasks created, $completed completions observed")
+if [ -z "$server_created" ] || [ "$server_created" != "$server_completed" ]; then
+  reasons+=("lost responses: the server created $server_created tasks and completed $server_completed ($server_finished finished)")
 fi
-if [[ $errors != '"errors":{}' ]]; then reasons+=("bench errors: $errors"); fi
+if [ -z "$created" ] || [ "$created" != "$completed" ] || [[ $errors != '"errors":{}' ]]; then
+  reasons+=("the load generator observed $completed of $created completions within its 10 s wait (bench $errors; see $out/bench.log)")
+fi
 if [ "$ignored" != 0 ]; then reasons+=("the server ignored $ignored agent responses"); fi
 if [ "$((peak2 - peak1))" -gt "$allowed_kb" ]; then
   reasons+=("RSS grew: peak $(mb "$peak1") MB in the first half, $(mb "$peak2") MB in the second (allowed +$(mb "$allowed_kb") MB)")
@@ -178,7 +188,7 @@ fi
 {
   echo "nodelink soak: commit $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(awk '/^MemTotal:/ { printf "%.1f GB", $2 / 1048576 }' /proc/meminfo) RAM, $profile build"
   echo "load:        $rate tasks/s for $duration ($agents agents), cleanup age ${cleanup_age}s, interval ${cleanup_interval}s"
-  echo "tasks:       $created created, $completed completions observed; bench $errors; ignored responses $ignored"
+  echo "tasks:       server: $server_created created, $server_completed completed, $server_finished finished; bench: $created created, $completed completions observed, $errors; ignored responses $ignored"
   echo "RSS (MB):    start $(mb "$rss_start"), mid $(mb "$rss_mid"), end $(mb "$rss_end"), peak $(mb "$rss_peak") (VmHWM $(mb "$hwm_kb")); half peaks $(mb "$peak1") / $(mb "$peak2")"
   echo "registry:    min $reg_min, max $reg_max tasks (after the ${warmup}s warm-up, half maxima $reg_max1 / $reg_max2; bound $registry_bound)"
   echo "samples:     $n, every ${sample_every}s ($out/samples.csv)"
