@@ -10,6 +10,8 @@ echo "== cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings" >&2
 cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo check --lib --no-default-features (the gRPC-free core the fuzz targets link)" >&2
+cargo check --lib --no-default-features --locked
 echo "== docs/openapi.yaml is valid OpenAPI 3" >&2
 if ! python3 -c "import openapi_spec_validator" 2>/dev/null; then
   python3 -m pip install --quiet --disable-pip-version-check openapi-spec-validator >&2

@@ -78,6 +78,7 @@ impl fmt::Debug for AgentTls {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl ServerTls {
     /// gRPC server credentials for these files.
     pub fn credentials(&self) -> grpcio::ServerCredentials {
@@ -93,6 +94,7 @@ impl ServerTls {
     }
 }
 
+#[cfg(feature = "grpc")]
 impl AgentTls {
     /// gRPC channel credentials for these files.
     pub fn credentials(&self) -> grpcio::ChannelCredentials {

@@ -1,21 +1,19 @@
 //! REST handlers: parse and check the request, call the task manager, answer JSON. Runs on
 //! the HTTP worker threads; every failure is an `ApiError` answered once, here.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tiny_http::Request;
 
+use super::body::{docker_task, shell_task, NewTask};
 use super::json::{agent_json, created_json, detail_json, summary_json};
 use super::routes::Route;
 use super::{stream, ApiState};
-use crate::http::request::{
-    optional_f64, optional_object, optional_str, read_json_object, require_bearer, required_str,
-    Query,
-};
+use crate::http::request::{read_json_object, require_bearer, Query};
 use crate::http::{respond, ApiError, Params};
 use crate::limits::Limit;
-use crate::tasks::{DockerOp, TaskFilter, TaskId, TaskSpec, TaskStatus};
+use crate::tasks::{TaskFilter, TaskId, TaskStatus};
 
 /// Answers one request and records it in the metrics; the HTTP workers' handler.
 pub fn handle(state: &ApiState, req: Request) {
@@ -45,41 +43,42 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
         }
     }
     let query = Query::from_url(req.url());
-    let result =
-        match route.name {
-            // Streams take the connection over (or answer the error themselves).
-            Route::Stream => {
-                let code = stream::serve(state, req, &query);
-                // `stream::serve` answers its errors itself; its only 503 outside shutdown
-                // is the hub's client limit.
-                if code == 503 && !state.hub.is_shutting_down() {
-                    state.hits.hit(Limit::SseClients);
-                }
-                return (label, code);
+    let result = match route.name {
+        // Streams take the connection over (or answer the error themselves).
+        Route::Stream => {
+            let code = stream::serve(state, req, &query);
+            // `stream::serve` answers its errors itself; its only 503 outside shutdown
+            // is the hub's client limit.
+            if code == 503 && !state.hub.is_shutting_down() {
+                state.hits.hit(Limit::SseClients);
             }
-            Route::Metrics => return (label, metrics(state, req)),
-            Route::Health => Ok(json!({"status": "ok"})),
-            Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
-            Route::Ready => Err(ApiError::service_unavailable(
-                "not ready: starting or shutting down",
-                None,
-            )),
-            Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
-                .and_then(|b| create_shell(state, &b)),
-            Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
-                .and_then(|b| create_docker(state, &b)),
-            Route::ListTasks => list_tasks(state, &query, None),
-            Route::GetTask => task_id(&route.params).and_then(|id| {
-                state
-                    .manager
-                    .get_task(id)
-                    .map(|t| detail_json(&t))
-                    .ok_or_else(|| not_found(id))
-            }),
-            Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id)),
-            Route::ListAgents => Ok(list_agents(state)),
-            Route::AgentTasks => agent_tasks(state, &route.params, &query),
-        };
+            return (label, code);
+        }
+        Route::Metrics => return (label, metrics(state, req)),
+        Route::Health => Ok(json!({"status": "ok"})),
+        Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
+        Route::Ready => Err(ApiError::service_unavailable(
+            "not ready: starting or shutting down",
+            None,
+        )),
+        Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
+            .and_then(|b| shell_task(&b))
+            .and_then(|t| create(state, t)),
+        Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
+            .and_then(|b| docker_task(&b))
+            .and_then(|t| create(state, t)),
+        Route::ListTasks => list_tasks(state, &query, None),
+        Route::GetTask => task_id(&route.params).and_then(|id| {
+            state
+                .manager
+                .get_task(id)
+                .map(|t| detail_json(&t))
+                .ok_or_else(|| not_found(id))
+        }),
+        Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id)),
+        Route::ListAgents => Ok(list_agents(state)),
+        Route::AgentTasks => agent_tasks(state, &route.params, &query),
+    };
     match result {
         Ok(body) => {
             respond::json(req, 200, &body);
@@ -128,70 +127,11 @@ fn task_id(params: &Params) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::not_found("task not found").with_details(json!({ "task_id": raw })))
 }
 
-fn timeout(body: &Map<String, Value>) -> Result<Option<Duration>, ApiError> {
-    match optional_f64(body, "timeout")? {
-        None => Ok(None),
-        Some(secs) if secs.is_finite() && secs > 0.0 && secs <= 1e9 => {
-            Ok(Some(Duration::from_secs_f64(secs)))
-        }
-        Some(_) => Err(ApiError::bad_request(
-            "field `timeout` must be a positive number of seconds",
-        )
-        .with_details(json!({ "field": "timeout" }))),
-    }
-}
-
-fn create_shell(state: &ApiState, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let agent_id = required_str(body, "agent_id")?;
-    let cmd = required_str(body, "cmd")?.to_string();
-    let timeout = timeout(body)?;
-    let mut env = Vec::new();
-    if let Some(vars) = optional_object(body, "env")? {
-        for (k, v) in vars {
-            let v = v.as_str().ok_or_else(|| {
-                ApiError::bad_request(format!("env variable `{k}` must be a string"))
-                    .with_details(json!({ "field": "env" }))
-            })?;
-            env.push((k.clone(), v.to_string()));
-        }
-    }
-    let working_dir = optional_str(body, "working_dir")?.map(str::to_string);
-    let spec = TaskSpec::Shell {
-        cmd,
-        env,
-        working_dir,
-    };
-    let task = state.manager.send_task(agent_id, spec, timeout)?;
-    Ok(created_json(&task))
-}
-
-fn create_docker(state: &ApiState, body: &Map<String, Value>) -> Result<Value, ApiError> {
-    let agent_id = required_str(body, "agent_id")?;
-    let operation = required_str(body, "operation")?;
-    let timeout = timeout(body)?;
-    let op = match operation {
-        "run" => DockerOp::Run {
-            image: required_str(body, "image")?.to_string(),
-        },
-        "start" => DockerOp::Start {
-            id: required_str(body, "id")?.to_string(),
-        },
-        "stop" => DockerOp::Stop {
-            id: required_str(body, "id")?.to_string(),
-        },
-        "logs" => DockerOp::Logs {
-            id: required_str(body, "id")?.to_string(),
-        },
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "unknown docker operation `{other}`; expected run, start, stop or logs"
-            ))
-            .with_details(json!({ "field": "operation" })))
-        }
-    };
+/// Hands a parsed creation request to the manager and answers with the new task.
+fn create(state: &ApiState, task: NewTask) -> Result<Value, ApiError> {
     let task = state
         .manager
-        .send_task(agent_id, TaskSpec::Docker(op), timeout)?;
+        .send_task(&task.agent_id, task.spec, task.timeout)?;
     Ok(created_json(&task))
 }
 

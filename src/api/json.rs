@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{json, Map, Value};
 
+#[cfg(feature = "grpc")]
 use crate::link::AgentInfo;
 use crate::tasks::{DockerOp, EventKind, TaskEvent, TaskSnapshot, TaskSpec};
 
@@ -107,6 +108,7 @@ pub fn detail_json(t: &TaskSnapshot) -> Value {
 }
 
 /// A connected agent.
+#[cfg(feature = "grpc")]
 pub fn agent_json(a: &AgentInfo, running: usize) -> Value {
     json!({
         "agent_id": &*a.agent_id,
