@@ -11,6 +11,7 @@
 //! away is noticed and its resources (writer thread, hub slot) released: within two such
 //! intervals, as the first write after the client closed still succeeds.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::RecvTimeoutError;
@@ -179,7 +180,8 @@ fn run(
         Mode::Task { done: true, .. } => return w.finish(),
         Mode::Task { last_seq, .. } | Mode::Global { last_seq } => last_seq,
     };
-    let mut batch: Vec<(std::sync::Arc<Frame>, usize)> = Vec::with_capacity(FRAMES_PER_WRITE);
+    // Frames to write now, each with the bytes at its start the client already has.
+    let mut batch: Vec<(Arc<Frame>, usize)> = Vec::with_capacity(FRAMES_PER_WRITE);
     loop {
         match sub.events.recv_timeout(KEEPALIVE) {
             Ok(first) => {
@@ -189,14 +191,12 @@ fn run(
                 let mut bytes = 0;
                 let mut next = Some(first);
                 while let Some(frame) = next.take() {
+                    ends = ends_stream(mode, &frame);
                     if let Some((text, newest)) = frame.after(last_seq) {
                         last_seq = newest;
                         bytes += text.len();
                         let skip = frame.len_bytes() - text.len();
-                        ends = ends_stream(mode, &frame);
                         batch.push((frame, skip));
-                    } else {
-                        ends = ends_stream(mode, &frame);
                     }
                     if !ends && batch.len() < FRAMES_PER_WRITE && bytes < BYTES_PER_WRITE {
                         next = sub.events.try_recv().ok();
