@@ -176,30 +176,30 @@ fn mutual_tls_admits_only_agents_with_a_certificate_from_the_ca() {
         .any(|a| a["agent_id"] == "a2"));
 }
 
+/// Starts a server with valid credentials plus `flags` (TLS files), expects it to refuse to
+/// start with exit code 2, and returns what it printed.
+fn refused_start(dir: &TempDir, flags: &[(&str, &Path)]) -> String {
+    let tokens = dir.join("agents.json");
+    std::fs::write(&tokens, r#"{"a1":"t1"}"#).expect("write");
+    let mut cmd = Command::new(support::binary());
+    cmd.args(["server", "--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--api-token", "x"])
+        .arg("--agent-tokens")
+        .arg(&tokens);
+    for (flag, file) in flags {
+        cmd.arg(flag).arg(file);
+    }
+    let out = cmd.output().expect("runs");
+    assert_eq!(out.status.code(), Some(2), "refused to start");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn a_bad_certificate_file_is_a_one_line_error_not_a_crash() {
     let dir = TempDir::new("badtls");
     std::fs::write(dir.join("bad.pem"), b"not a certificate\0").expect("write");
-    let bad = dir.join("bad.pem").to_string_lossy().into_owned();
-    let tokens = dir.join("agents.json");
-    std::fs::write(&tokens, r#"{"a1":"t1"}"#).expect("write");
-    let out = Command::new(support::binary())
-        .args([
-            "server",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--api-token",
-            "x",
-        ])
-        .arg("--agent-tokens")
-        .arg(&tokens)
-        .args(["--tls-cert", &bad, "--tls-key", &bad])
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let bad = dir.join("bad.pem");
+    let err = refused_start(&dir, &[("--tls-cert", &bad), ("--tls-key", &bad)]);
     assert!(err.contains("certificate") && err.contains("NUL"), "{err}");
 }
 
@@ -308,28 +308,13 @@ fn plaintext_and_silent_clients_on_the_https_port_hold_up_nobody() {
 fn an_https_key_that_does_not_match_its_certificate_is_a_one_line_error() {
     let dir = TempDir::new("https-bad");
     make_certificates(&dir.0);
-    let tokens = dir.join("agents.json");
-    std::fs::write(&tokens, r#"{"a1":"t1"}"#).expect("write");
-    let out = Command::new(support::binary())
-        .args([
-            "server",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--api-token",
-            "x",
-        ])
-        .arg("--agent-tokens")
-        .arg(&tokens)
-        .arg("--http-tls-cert")
-        .arg(dir.join("server.pem"))
-        .arg("--http-tls-key")
-        .arg(dir.join("client.key"))
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start(
+        &dir,
+        &[
+            ("--http-tls-cert", &dir.join("server.pem")),
+            ("--http-tls-key", &dir.join("client.key")),
+        ],
+    );
     assert!(err.contains("does not belong to the certificate"), "{err}");
     assert_eq!(
         err.trim()
