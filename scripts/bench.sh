@@ -10,6 +10,8 @@
 # server (default: its default, info).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/server-lib.sh
+source scripts/server-lib.sh
 bash scripts/setup.sh
 
 duration=${BENCH_DURATION:-8s}
@@ -48,46 +50,12 @@ cleanup() {
 trap cleanup EXIT
 
 # Credentials: bench-0000 .. bench-1999 with random tokens, and an API token.
-hex=$(head -c $((agents * 16 + 16)) /dev/urandom | od -An -v -tx1 | tr -d ' \n')
-api_token=${hex:0:32}
-{
-  printf '{'
-  for ((i = 0; i < agents; i++)); do
-    [ "$i" -gt 0 ] && printf ','
-    printf '"bench-%04d":"%s"' "$i" "${hex:$((32 + i * 32)):32}"
-  done
-  printf '}\n'
-} >"$work/agents.json"
-chmod 600 "$work/agents.json"
+write_credentials "$work/agents.json" 'bench-%04d' "$agents"
 
-http_addr=""
-grpc_addr=""
-
-# Starts a server with a generous registry; sets server_pid, http_addr, grpc_addr.
-start_server() {
-  local log=$1
-  "$server_bin" server --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
-    --agent-tokens "$work/agents.json" --api-token "$api_token" \
-    --max-tasks 1000000 2>"$log" &
-  server_pid=$!
-  local line=""
-  for _ in $(seq 1 200); do
-    line=$(grep -m1 'nodelink listening' "$log" 2>/dev/null || true)
-    [ -n "$line" ] && break
-    if ! kill -0 "$server_pid" 2>/dev/null; then
-      echo "the server exited at start:" >&2
-      cat "$log" >&2
-      return 1
-    fi
-    sleep 0.05
-  done
-  if [ -z "$line" ]; then
-    echo "the server did not report its addresses within 10 s" >&2
-    return 1
-  fi
-  # "nodelink listening: HTTP on 127.0.0.1:P, gRPC (plaintext) on 127.0.0.1:Q"
-  http_addr=$(sed -E 's/.*HTTP on ([0-9.]+:[0-9]+).*/\1/' <<<"$line")
-  grpc_addr=$(sed -E 's/.* on ([0-9.]+:[0-9]+)[^0-9]*$/\1/' <<<"$line")
+# A fresh server with a generous registry; sets server_pid, http_addr, grpc_addr.
+start_bench_server() {
+  start_server "$1" --agent-tokens "$work/agents.json" --api-token "$api_token" \
+    --max-tasks 1000000
 }
 
 stop_server() {
@@ -110,7 +78,7 @@ run() {
     return 0
   fi
   echo "== $name: nodelink-bench $*" >&2
-  if ! start_server "$out/$name.server.log"; then
+  if ! start_bench_server "$out/$name.server.log"; then
     failed+=("$name")
     return 0
   fi

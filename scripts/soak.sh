@@ -20,6 +20,8 @@
 #                       for the "listening" line this script reads; info logs two lines per task)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=scripts/server-lib.sh
+source scripts/server-lib.sh
 
 duration=${DURATION:-10m}
 rate=${RATE:-500}
@@ -64,34 +66,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-hex=$(head -c $((agents * 16 + 16)) /dev/urandom | od -An -v -tx1 | tr -d ' \n')
-api_token=${hex:0:32}
-{
-  printf '{'
-  for ((i = 0; i < agents; i++)); do
-    [ "$i" -gt 0 ] && printf ','
-    printf '"soak-%d":"%s"' "$i" "${hex:$((32 + i * 32)):32}"
-  done
-  printf '}\n'
-} >"$work/agents.json"
-chmod 600 "$work/agents.json"
+write_credentials "$work/agents.json" 'soak-%d' "$agents"
 
 # Short retention, so a registry that does not leak stays at about RATE x (age + interval).
-RUST_LOG=${RUST_LOG:-warn,nodelink::server=info} "$server_bin" server --http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 \
+RUST_LOG=${RUST_LOG:-warn,nodelink::server=info} start_server "$out/server.log" \
   --agent-tokens "$work/agents.json" --api-token "$api_token" \
-  --cleanup-delay 1s --cleanup-age "${cleanup_age}s" --cleanup-interval "${cleanup_interval}s" \
-  2>"$out/server.log" &
-server_pid=$!
-line=""
-for _ in $(seq 1 200); do
-  line=$(grep -m1 'nodelink listening' "$out/server.log" 2>/dev/null || true)
-  [ -n "$line" ] && break
-  kill -0 "$server_pid" 2>/dev/null || { echo "soak: the server exited at start" >&2; cat "$out/server.log" >&2; exit 1; }
-  sleep 0.05
-done
-[ -n "$line" ] || { echo "soak: the server did not report its addresses within 10 s" >&2; exit 1; }
-http_addr=$(sed -E 's/.*HTTP on ([0-9.]+:[0-9]+).*/\1/' <<<"$line")
-grpc_addr=$(sed -E 's/.* on ([0-9.]+:[0-9]+)[^0-9]*$/\1/' <<<"$line")
+  --cleanup-delay 1s --cleanup-age "${cleanup_age}s" --cleanup-interval "${cleanup_interval}s" ||
+  { echo "soak: the server did not start" >&2; exit 1; }
 
 metric() { # metric NAME: a sample's value from /metrics (summed over labels), or -1
   curl -s --max-time 5 -H "Authorization: Bearer $api_token" "http://$http_addr/metrics" |
