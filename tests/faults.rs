@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nodelink::proto::task_request;
 use support::fake_agent::FakeAgent;
+use support::http::probe;
 use support::{create_shell, free_addr, start_agent, wait_final, Server, ServerOpts, API_TOKEN};
 
 fn server_with(extra: &[&str]) -> Server {
@@ -158,17 +159,6 @@ fn reaching_the_descriptor_limit_is_survived() {
         probe(&server.http).is_some_and(|status| status == 200)
     });
     assert_eq!(c.get("/healthz").status, 200);
-}
-
-/// One request that may fail (connection refused or reset) without failing the test.
-fn probe(addr: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

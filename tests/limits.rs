@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use futures::{SinkExt, StreamExt};
 use grpcio::WriteFlags;
 use serde_json::json;
 use support::fake_agent::FakeAgent;
-use support::http::{connect, read_response};
+use support::http::{connect, probe, read_response};
 use support::{
     create_shell, limit_hits, metric, start_agent, wait_final, wait_until, Response, Server,
     ServerOpts,
@@ -95,17 +95,6 @@ fn over_long_request_lines_and_header_sections_get_414_and_431_and_are_counted()
     assert_eq!(c.get("/healthz").status, 200, "others are still served");
     assert_eq!(limit_hits(&c, "request_line_bytes"), 2.0);
     assert_eq!(limit_hits(&c, "header_bytes"), 2.0);
-}
-
-/// One request that may fail (refused, reset) without failing the test.
-fn probe(addr: &str) -> Option<u16> {
-    let mut s = TcpStream::connect(addr).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    out.split_whitespace().nth(1)?.parse().ok()
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A deliberately plain HTTP/1.1 client over `TcpStream`: what curl would send, with every
 //! read bounded by a timeout. Also reads Server-Sent Events from a chunked stream.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -178,6 +178,18 @@ pub fn read_response(r: &mut impl BufRead) -> Response {
         headers,
         body: String::from_utf8_lossy(&body).into_owned(),
     }
+}
+
+/// The status of one `GET /healthz` on a fresh connection, or `None` when the connection is
+/// refused, reset or silent for 2 s: for tests that flood or cap the server on purpose.
+pub fn probe(addr: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    out.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// One chunk of a chunked body; `None` at the terminating chunk or EOF.
