@@ -13,17 +13,24 @@ use support::{create_shell, free_addr, start_agent, wait_final, wait_until, Serv
 
 const FINISH: Duration = Duration::from_secs(30);
 
+/// Agent `a1` connected to `server` through a proxy the test can cut, reconnecting within
+/// 2 s; `extra` are more agent flags. Returns once the server lists the agent.
+fn agent_behind_proxy(server: &Server, extra: &[&str]) -> (Proxy, StopOnDrop) {
+    let proxy = Proxy::start(&server.grpc);
+    let args: Vec<&str> = ["--backoff-max", "2s"]
+        .iter()
+        .chain(extra)
+        .copied()
+        .collect();
+    let agent = StopOnDrop(start_agent(proxy.addr(), "a1", "t1", &args));
+    server.wait_agent("a1", true);
+    (proxy, agent)
+}
+
 #[test]
 fn a_task_survives_a_cut_connection_and_loses_no_output() {
     let server = Server::start();
-    let proxy = Proxy::start(&server.grpc);
-    let agent = StopOnDrop(start_agent(
-        proxy.addr(),
-        "a1",
-        "t1",
-        &["--backoff-max", "2s"],
-    ));
-    server.wait_agent("a1", true);
+    let (proxy, agent) = agent_behind_proxy(&server, &[]);
     let c = server.client();
     let id = create_shell(
         &c,
@@ -64,14 +71,7 @@ fn output_beyond_the_outbox_pauses_the_task_instead_of_being_dropped() {
         extra: vec!["--max-output-bytes".into(), "4000000".into()],
         ..ServerOpts::default()
     });
-    let proxy = Proxy::start(&server.grpc);
-    let agent = StopOnDrop(start_agent(
-        proxy.addr(),
-        "a1",
-        "t1",
-        &["--backoff-max", "2s", "--outbox-bytes", "65536"],
-    ));
-    server.wait_agent("a1", true);
+    let (proxy, agent) = agent_behind_proxy(&server, &["--outbox-bytes", "65536"]);
     let c = server.client();
     let id = create_shell(&c, "a1", "echo $$; sleep 2; seq 1 300000");
     let pgid = first_line_pid(&c, &id, FINISH);
@@ -106,14 +106,7 @@ fn output_beyond_the_outbox_pauses_the_task_instead_of_being_dropped() {
 #[test]
 fn a_silently_dead_link_is_noticed_even_after_a_long_quiet_time() {
     let server = Server::start();
-    let proxy = Proxy::start(&server.grpc);
-    let agent = StopOnDrop(start_agent(
-        proxy.addr(),
-        "a1",
-        "t1",
-        &["--backoff-max", "2s"],
-    ));
-    server.wait_agent("a1", true);
+    let (proxy, agent) = agent_behind_proxy(&server, &[]);
     // Quiet for longer than a few of the agent's keepalive pings (every 10 s); then the link
     // dies without a word: no FIN, no RST, just nothing.
     std::thread::sleep(Duration::from_secs(25));
