@@ -62,6 +62,18 @@ impl Report {
         }
     }
 
+    /// Records the simulated agents' failed streams (refused credentials, server gone), if
+    /// any, as the `agent_stream` error and the last reason as a note.
+    pub fn agent_stream_errors(&mut self, count: u64, last_error: Option<String>) {
+        if count == 0 {
+            return;
+        }
+        self.errors.by_kind.insert("agent_stream".into(), count);
+        if let Some(why) = last_error {
+            self.notes.push(format!("last agent stream error: {why}"));
+        }
+    }
+
     /// Records a setting.
     pub fn param(&mut self, key: &'static str, value: impl Into<Value>) {
         self.params.push((key, value.into()));

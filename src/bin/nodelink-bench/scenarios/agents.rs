@@ -153,14 +153,7 @@ pub fn run(ctx: &Ctx, count: usize) -> Result<Report, String> {
         r.notes
             .push("server figures absent: pass --server-pid (same machine only)".into());
     }
-    if stream_errors > 0 {
-        r.errors
-            .by_kind
-            .insert("agent_stream".into(), stream_errors);
-        if let Some(why) = last_error {
-            r.notes.push(format!("last agent stream error: {why}"));
-        }
-    }
+    r.agent_stream_errors(stream_errors, last_error);
     if registered < count {
         r.errors
             .by_kind

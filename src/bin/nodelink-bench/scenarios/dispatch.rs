@@ -643,13 +643,10 @@ pub fn run(ctx: &Ctx, opts: &Opts) -> Result<Report, String> {
             "poll mode: latency includes the polling interval (250 µs doubling to 5 ms)".into(),
         );
     }
-    let agent_errors = pool.stats.stream_errors.load(Ordering::Relaxed);
-    if agent_errors > 0 {
-        r.errors.by_kind.insert("agent_stream".into(), agent_errors);
-        if let Some(why) = pool.stats.last_error.lock().clone() {
-            r.notes.push(format!("last agent stream error: {why}"));
-        }
-    }
+    r.agent_stream_errors(
+        pool.stats.stream_errors.load(Ordering::Relaxed),
+        pool.stats.last_error.lock().clone(),
+    );
     Ok(r)
 }
 
