@@ -136,11 +136,7 @@ pub fn event_sse(e: &TaskEvent) -> (&'static str, String) {
 /// events carry up to a chunk of text each, and copying it into a map first doubled the cost
 /// of the busiest path of a stream.
 pub fn event_data(e: &TaskEvent) -> String {
-    let text = match &e.kind {
-        EventKind::Output { stdout, stderr, .. } => stdout.len() + stderr.len(),
-        EventKind::Status { .. } => 0,
-    };
-    let mut out = Vec::with_capacity(text + 192);
+    let mut out = Vec::with_capacity(e.text_len() + 192);
     out.extend_from_slice(b"{\"agent_id\":");
     push_json_str(&mut out, &e.agent_id);
     match &e.kind {

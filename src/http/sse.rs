@@ -100,25 +100,6 @@ pub fn format_comment(text: &str) -> Vec<u8> {
     buf
 }
 
-/// Appends `payload` framed as one HTTP/1.1 chunk; an empty payload appends nothing
-/// (an empty chunk would end the body).
-pub fn encode_chunk_into(out: &mut Vec<u8>, payload: &[u8]) {
-    if payload.is_empty() {
-        return;
-    }
-    // `write!` into a Vec cannot fail.
-    let _ = write!(out, "{:x}\r\n", payload.len());
-    out.extend_from_slice(payload);
-    out.extend_from_slice(b"\r\n");
-}
-
-/// `payload` framed as one chunk (see `encode_chunk_into`).
-pub fn encode_chunk(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(payload.len() + 12);
-    encode_chunk_into(&mut out, payload);
-    out
-}
-
 /// The response head of an event stream; invalid extra headers are skipped.
 pub fn response_head(chunked: bool, close: bool, extra: &[(&str, &str)]) -> Vec<u8> {
     let mut head = Vec::with_capacity(256);
@@ -159,7 +140,6 @@ pub struct SseWriter<W: Write> {
     chunked: bool,
     state: State,
     payload: Vec<u8>,
-    frame: Vec<u8>,
 }
 
 impl SseWriter<Box<dyn Write + Send>> {
@@ -190,7 +170,6 @@ impl<W: Write> SseWriter<W> {
             chunked,
             state: State::Open,
             payload: Vec::with_capacity(256),
-            frame: Vec::with_capacity(288),
         }
     }
 
@@ -202,7 +181,8 @@ impl<W: Write> SseWriter<W> {
     }
 
     /// Sends text already formatted as SSE events, in parts (e.g. slices of shared frames),
-    /// as one chunk and one flush, without copying the parts into a buffer of its own.
+    /// as one chunk (`{len:x}\r\n{parts}\r\n`; nothing for empty text, as an empty chunk
+    /// would end the body) and one flush, without copying the parts into a buffer of its own.
     pub fn send_text(&mut self, parts: &[&[u8]]) -> io::Result<()> {
         self.check_open()?;
         let len: usize = parts.iter().map(|p| p.len()).sum();
@@ -256,18 +236,9 @@ impl<W: Write> SseWriter<W> {
     }
 
     fn write_payload(&mut self) -> io::Result<()> {
-        self.check_open()?;
-        let bytes: &[u8] = if self.chunked {
-            self.frame.clear();
-            encode_chunk_into(&mut self.frame, &self.payload);
-            &self.frame
-        } else {
-            &self.payload
-        };
-        let result = self.out.write_all(bytes).and_then(|()| self.out.flush());
-        if result.is_err() {
-            self.state = State::Failed;
-        }
+        let payload = std::mem::take(&mut self.payload);
+        let result = self.send_text(&[&payload]);
+        self.payload = payload;
         result
     }
 
@@ -356,9 +327,14 @@ mod tests {
 
     #[test]
     fn chunk_framing() {
-        assert_eq!(encode_chunk(b"hello"), b"5\r\nhello\r\n");
-        assert_eq!(encode_chunk(&[b'x'; 26])[..4], *b"1a\r\n");
-        assert!(encode_chunk(b"").is_empty());
+        let chunk = |payload: &[u8]| {
+            let mut w = SseWriter::new(Vec::new(), true);
+            w.send_text(&[payload]).expect("write");
+            w.get_ref().clone()
+        };
+        assert_eq!(chunk(b"hello"), b"5\r\nhello\r\n");
+        assert_eq!(chunk(&[b'x'; 26])[..4], *b"1a\r\n");
+        assert!(chunk(b"").is_empty());
     }
 
     #[test]
@@ -392,8 +368,9 @@ mod tests {
         w.send_event(Some("1"), "e", "a\nb").expect("write");
         w.comment("keep-alive").expect("write");
         let first = b"id: 1\nevent: e\ndata: a\ndata: b\n\n";
-        let mut expected = encode_chunk(first);
-        expected.extend(encode_chunk(b": keep-alive\n\n"));
+        let mut expected = b"20\r\n".to_vec();
+        expected.extend_from_slice(first);
+        expected.extend_from_slice(b"\r\ne\r\n: keep-alive\n\n\r\n");
         assert_eq!(w.get_ref(), &expected);
         expected.extend_from_slice(CHUNK_TERMINATOR);
         let mut sink = Vec::new();
