@@ -1,52 +1,15 @@
-//! `HttpServer`: binds the listening socket, hands it to tiny_http, and runs a pool of
-//! N named worker threads that take requests from tiny_http's queue and call the
-//! caller's handler, each call inside `catch_unwind` so a panicking handler costs one
-//! 500 answer, never a worker. `stop()` unblocks and joins the workers.
+//! `HttpServer`: binds the listening socket, hands it to the vendored tiny_http with its
+//! limits and deadlines, and runs a pool of named worker threads that take requests from
+//! tiny_http's queue and call the handler, each call inside `catch_unwind` so a panicking
+//! handler costs one 500 answer, never a worker. `stop()` unblocks and joins the workers.
 //!
-//! Threads involved: tiny_http's own accept thread and its per-connection threads
-//! (they read request heads, and bodies of at most 1024 bytes, before a request is
-//! queued); our workers (they run handlers, including reading larger bodies and
-//! writing responses and SSE streams).
-//!
-//! Socket timeouts. tiny_http sets none, so a silent or slow client would hold its
-//! connection thread (and, while a worker reads its body, that worker) forever. On
-//! Linux an accepted socket is cloned from the listening socket and so inherits its
-//! SO_RCVTIMEO/SO_SNDTIMEO; we therefore create the `TcpListener` ourselves, set both
-//! options on it, and give it to `tiny_http::Server::from_listener`. Every read and
-//! write on every connection is then bounded by the timeouts, whichever thread does it.
-//! SO_RCVTIMEO on a listening socket also bounds `accept()`; upstream tiny_http's accept
-//! thread gave up for good on the first accept error (a timeout, EMFILE), so an idle
-//! period longer than the read timeout silently killed the server. The vendored
-//! tiny_http (vendor/tiny_http/PATCHED.md) treats such errors as transient. If the
-//! accept thread dies anyway on another error, `is_accepting()` turns false and an
-//! error is logged, so a supervisor can restart the process.
-//!
-//! Limits (`HttpConfig::limits`, enforced by the vendored tiny_http before a request is
-//! queued, each refusal counted in the `tiny_http::ServerCounters` passed to `start`): a
-//! request line over `max_request_line_bytes` gets 414 and a header section over
-//! `max_header_bytes` gets 431, both with a JSON error and `Connection: close`; a
-//! connection beyond `max_connections` open ones gets a 503 (HTTPS: is closed) from the
-//! accept thread, without a thread being started for it. With `HttpConfig::tls` the
-//! listener speaks HTTPS; the handshake runs on the connection's thread, bounded by T.
-//!
-//! What a slow client can still hold, with these timeouts (T = read timeout):
-//! - a tiny_http connection thread (one OS thread per open connection, at most
-//!   `max_connections`) while it reads the request head or a body of at most 1024
-//!   bytes: each read waits at most T, then the connection is closed without an answer
-//!   (Linux reports the timeout as `WouldBlock`, which tiny_http does not turn into a
-//!   408). An idle keep-alive connection is closed the same way after T. A client
-//!   trickling one byte just under every T keeps that thread for as long as its head
-//!   stays under the size limits (per-read, not per-request, deadline).
-//! - one of our workers while `request::read_body` reads a larger, chunked or
-//!   `Expect: 100-continue` body: at most T per read, then a 408. When a request is
-//!   dropped with part of a `Content-Length` body unread (after a 413, 408, 401...),
-//!   tiny_http's drop reads and discards the rest on the worker: up to another T for
-//!   a silent client.
-//! - a worker writing to a client that stopped reading: at most the write timeout per
-//!   write (`SseWriter` then returns the error).
-//!
-//! That drop-time drain reads through a fixed buffer in the vendored tiny_http (upstream
-//! allocated the whole declared `Content-Length` at once; see its PATCHED.md).
+//! tiny_http's threads (one accept thread, one per open connection) read request heads,
+//! small bodies, and the unread rest of refused bodies; the workers run handlers, read
+//! larger bodies and write responses. Every socket read waits at most the read timeout T,
+//! set on the listening socket so accepted sockets inherit it (`set_socket_timeout`), and
+//! a whole request head, or a whole body, must arrive within T (`deadlines`): a client
+//! sending a byte at a time holds a thread for T at most, never a worker for longer.
+//! What slow clients can hold, and for how long, is tabled in ARCHITECTURE.md (Limits).
 
 use std::any::Any;
 use std::io;
@@ -57,7 +20,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use tiny_http::{Limits, Request, ServerCounters};
+use tiny_http::{Deadlines, Limits, Request, ServerCounters};
 
 use crate::tls::HttpTls;
 
@@ -74,7 +37,8 @@ pub struct HttpConfig {
     pub workers: usize,
     /// Thread-name prefix: workers are `{name}-{i}`.
     pub thread_name: String,
-    /// Max time any single socket read may wait: bounds slow or silent clients and
+    /// Max time any single socket read may wait, a whole request head may take from its
+    /// first byte, and a whole body from its first read: bounds slow or silent clients and
     /// is also the keep-alive idle timeout. `None` disables it (not recommended).
     pub read_timeout: Option<Duration>,
     /// Max time any single socket write may block, e.g. to an SSE client that stopped
@@ -139,10 +103,11 @@ impl HttpServer {
             set_socket_timeout(&listener, SocketTimeout::Write, t)?;
         }
         let ssl = config.tls.as_ref().map(HttpTls::ssl_config);
-        let server = tiny_http::Server::from_listener_with_limits(
+        let server = tiny_http::Server::from_listener_with_bounds(
             listener,
             ssl,
             config.limits.clone(),
+            deadlines(config.read_timeout),
             counters,
         )
         .map_err(|e| io::Error::other(e.to_string()))?;
@@ -217,6 +182,23 @@ impl HttpServer {
 impl Drop for HttpServer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Most bytes of a refused request's unread body that are skipped, after the answer, to
+/// keep its connection open; a larger rest closes the connection.
+const SKIP_BYTES: usize = 64 * 1024;
+/// Longest time that skipping may take.
+const SKIP_TIME: Duration = Duration::from_secs(2);
+
+/// tiny_http's deadlines for a read timeout `t`: the head and the body each get `t` in
+/// all, and an unread body is skipped on the connection's thread, never on a worker.
+fn deadlines(t: Option<Duration>) -> Deadlines {
+    Deadlines {
+        request_head: t,
+        request_body: t,
+        skip_bytes: SKIP_BYTES,
+        skip_time: Some(t.map_or(SKIP_TIME, |t| t.min(SKIP_TIME))),
     }
 }
 

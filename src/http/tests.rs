@@ -523,6 +523,16 @@ fn panicking_handler_gets_500_and_worker_survives() {
     assert_eq!(get(addr, "/hello").status, 200);
 }
 
+/// True while the server has neither answered nor closed `stream` (nothing to read yet).
+fn still_open(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).expect("nonblocking");
+    let mut buf = [0u8; 1];
+    let open =
+        matches!(stream.peek(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    stream.set_nonblocking(false).expect("blocking");
+    open
+}
+
 #[test]
 fn slow_small_body_is_cut_at_the_read_timeout() {
     // Content-Length <= 1024: tiny_http's connection thread reads the body before the
@@ -530,21 +540,17 @@ fn slow_small_body_is_cut_at_the_read_timeout() {
     let server = start_with(1, Duration::from_secs(1), Duration::from_secs(5));
     let addr = server.local_addr();
     let mut slow = connect(addr);
-    let t0 = Instant::now();
     slow.write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
         .expect("send");
-    // Meanwhile the only worker serves someone else immediately.
-    let t1 = Instant::now();
+    // The only worker serves someone else while the slow request is still pending.
     assert_eq!(get(addr, "/hello").status, 200);
-    assert!(t1.elapsed() < Duration::from_millis(500));
+    assert!(still_open(&slow), "cut before the read timeout");
+    let r = read_response(&mut BufReader::new(slow.try_clone().expect("clone")));
+    assert_eq!(r.status, 408);
+    assert_eq!(r.json()["details"]["timeout_ms"], 1000);
     assert!(
         closed_within(&mut slow, Duration::from_secs(4)),
         "slow client not cut"
-    );
-    let waited = t0.elapsed();
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
-        "{waited:?}"
     );
 }
 
@@ -553,22 +559,119 @@ fn slow_large_body_gets_408_at_the_read_timeout() {
     // Content-Length > 1024: a worker reads the body, so the timeout must free it.
     let server = start_with(2, Duration::from_secs(1), Duration::from_secs(5));
     let addr = server.local_addr();
-    let mut slow = connect(addr);
-    let t0 = Instant::now();
-    slow.write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n0123456789")
+    let slow = connect(addr);
+    slow.try_clone()
+        .expect("clone")
+        .write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n0123456789")
         .expect("send");
-    let t1 = Instant::now();
     assert_eq!(get(addr, "/hello").status, 200);
-    assert!(t1.elapsed() < Duration::from_millis(500));
-    let r = read_response(&mut BufReader::new(slow.try_clone().expect("clone")));
-    let waited = t0.elapsed();
+    assert!(still_open(&slow), "answered before the read timeout");
+    let r = read_response(&mut BufReader::new(slow));
     assert_eq!(r.status, 408);
     assert_eq!(r.json()["error"], "timed out waiting for the request body");
-    assert!(
-        waited >= Duration::from_millis(900) && waited < Duration::from_millis(2500),
-        "{waited:?}"
-    );
     assert_eq!(get(addr, "/hello").status, 200);
+}
+
+#[test]
+fn a_body_trickled_under_the_read_timeout_is_cut_at_the_deadline() {
+    // Each byte comes well within the per-read timeout; the whole body must still arrive
+    // within it, so the worker reading it is freed with a 408.
+    let server = start_with(1, Duration::from_secs(1), Duration::from_secs(5));
+    let addr = server.local_addr();
+    let mut slow = connect(addr);
+    slow.write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 4096\r\n\r\n")
+        .expect("send");
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    // A hundred bytes at ten a second outlast the one-second deadline several times over;
+    // the loop ends when the answer comes.
+    for _ in 0..100 {
+        if slow.write_all(b"x").is_err() {
+            break;
+        }
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    let head = String::from_utf8_lossy(&answer);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert_eq!(get(addr, "/hello").status, 200);
+}
+
+#[test]
+fn a_request_head_trickled_under_the_read_timeout_is_cut_at_the_deadline() {
+    let server = start_with(1, Duration::from_secs(1), Duration::from_secs(5));
+    let addr = server.local_addr();
+    let mut slow = connect(addr);
+    slow.set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let head = b"GET /hello HTTP/1.1\r\nHost: t\r\nX-Pad: "
+        .iter()
+        .chain([b'a'; 100].iter());
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 512];
+    for byte in head {
+        if slow.write_all(&[*byte]).is_err() {
+            break;
+        }
+        match slow.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("Connection: close"), "{answer}");
+    assert_eq!(get(addr, "/hello").status, 200);
+}
+
+#[test]
+fn a_refused_body_is_skipped_off_the_worker_and_the_connection_closed() {
+    // One worker; a client declares a huge body, is refused (413) and keeps sending. The
+    // rest is not read by the worker, which serves the next client at once.
+    let server = start_with(1, Duration::from_secs(30), Duration::from_secs(5));
+    let addr = server.local_addr();
+    let mut big = connect(addr);
+    big.write_all(b"POST /body HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000000\r\n\r\nxxxx")
+        .expect("send");
+    let r = read_response(&mut BufReader::new(big.try_clone().expect("clone")));
+    assert_eq!(r.status, 413);
+    let _ = big.write_all(b"more of the body");
+    assert_eq!(get(addr, "/hello").status, 200);
+    assert!(
+        closed_within(&mut big, Duration::from_secs(10)),
+        "a rest over the skip limit closes the connection"
+    );
+}
+
+#[test]
+fn a_small_unread_body_is_skipped_and_the_connection_kept() {
+    let server = start();
+    let addr = server.local_addr();
+    let mut s = connect(addr);
+    // 2000 bytes: over the 1 KiB read with the head, so /secure's 401 leaves it unread.
+    let body = vec![b'y'; 2000];
+    let mut req = b"GET /secure HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n".to_vec();
+    req.extend_from_slice(&body);
+    req.extend_from_slice(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    s.write_all(&req).expect("send");
+    let mut r = BufReader::new(s);
+    assert_eq!(read_response(&mut r).status, 401);
+    assert_eq!(
+        read_response(&mut r).status,
+        200,
+        "same connection, next request"
+    );
 }
 
 #[test]
@@ -576,16 +679,14 @@ fn silent_client_blocks_nobody_and_is_closed() {
     let server = start_with(1, Duration::from_secs(1), Duration::from_secs(5));
     let addr = server.local_addr();
     let mut silent = connect(addr);
-    let t0 = Instant::now();
     for _ in 0..3 {
         assert_eq!(get(addr, "/hello").status, 200);
     }
-    assert!(t0.elapsed() < Duration::from_millis(500));
+    assert!(still_open(&silent), "closed before the read timeout");
     assert!(
         closed_within(&mut silent, Duration::from_secs(4)),
         "silent client kept"
     );
-    assert!(t0.elapsed() >= Duration::from_millis(900));
 }
 
 #[test]

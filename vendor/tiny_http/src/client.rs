@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{HTTPVersion, Method};
-use crate::limits::{self, Limits, ServerCounters};
-use crate::util::RefinedTcpStream;
+use crate::limits::{self, Deadlines, Limits, ServerCounters};
+use crate::util::read_clock::UNKNOWN_LENGTH;
+use crate::util::{ReadClock, RefinedTcpStream};
 use crate::util::{SequentialReader, SequentialReaderBuilder, SequentialWriterBuilder};
 use crate::Request;
 
@@ -41,6 +42,9 @@ pub struct ClientConnection {
     // nodelink patch: bounds on the request line and header section, and their counters
     limits: Limits,
     counters: Arc<ServerCounters>,
+    // nodelink patch: how long a request may take to arrive, and the clock that enforces it
+    deadlines: Deadlines,
+    clock: Option<Arc<ReadClock>>,
 }
 
 /// nodelink patch: after refusing an over-long request, read and discard at most this much
@@ -61,6 +65,9 @@ enum ReadError {
     HeadersTooLarge,
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
+    /// nodelink patch: the previous request left a body unread that could not be skipped
+    /// within the bounds; where this request starts is unknown
+    BodyLeftUnread,
     ReadIoError(IoError),
 }
 
@@ -71,19 +78,23 @@ impl ClientConnection {
             write_socket,
             read_socket,
             Limits::default(),
+            Deadlines::default(),
             Arc::new(ServerCounters::default()),
         )
     }
 
-    /// nodelink patch: like `new`, refusing request lines and headers over `limits`.
+    /// nodelink patch: like `new`, refusing request lines and headers over `limits` and
+    /// requests that take longer than `deadlines` to arrive.
     pub(crate) fn with_limits(
         write_socket: RefinedTcpStream,
         mut read_socket: RefinedTcpStream,
         limits: Limits,
+        deadlines: Deadlines,
         counters: Arc<ServerCounters>,
     ) -> ClientConnection {
         let remote_addr = read_socket.peer_addr();
         let secure = read_socket.secure();
+        let clock = read_socket.clock();
 
         let mut source = SequentialReaderBuilder::new(BufReader::with_capacity(1024, read_socket));
         let first_header = source.next().unwrap();
@@ -97,6 +108,8 @@ impl ClientConnection {
             secure,
             limits,
             counters,
+            deadlines,
+            clock,
         }
     }
 
@@ -112,7 +125,12 @@ impl ClientConnection {
     ///
     /// nodelink patch: `Ok(None)` once the line is longer than `max` bytes (without its
     /// CRLF); reading stops there. Upstream kept reading a line of any length into memory.
-    fn read_next_line(&mut self, max: usize) -> IoResult<Option<AsciiString>> {
+    /// With `starts_request`, the request-head deadline starts at the line's first byte.
+    fn read_next_line(
+        &mut self,
+        max: usize,
+        starts_request: bool,
+    ) -> IoResult<Option<AsciiString>> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -123,6 +141,11 @@ impl ClientConnection {
                 Some(b) => b?,
                 None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
             };
+            if starts_request && buf.is_empty() && !prev_byte_was_cr {
+                if let Some(clock) = &self.clock {
+                    clock.set_deadline(self.deadlines.request_head);
+                }
+            }
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
@@ -147,11 +170,15 @@ impl ClientConnection {
     /// Reads a request from the stream.
     /// Blocks until the header has been read.
     fn read(&mut self) -> Result<Request, ReadError> {
+        // nodelink patch: first what the previous request left of its body.
+        if !self.skip_unread_body() {
+            return Err(ReadError::BodyLeftUnread);
+        }
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
                 let line = self
-                    .read_next_line(self.limits.max_request_line_bytes)
+                    .read_next_line(self.limits.max_request_line_bytes, true)
                     .map_err(ReadError::ReadIoError)?
                     .ok_or(ReadError::RequestLineTooLong)?;
 
@@ -167,7 +194,7 @@ impl ClientConnection {
                 let mut budget = self.limits.max_header_bytes;
                 loop {
                     let line = self
-                        .read_next_line(budget.saturating_sub(2))
+                        .read_next_line(budget.saturating_sub(2), false)
                         .map_err(ReadError::ReadIoError)?
                         .ok_or(ReadError::HeadersTooLarge)?;
 
@@ -205,6 +232,8 @@ impl ClientConnection {
             *self.remote_addr.as_ref().unwrap(),
             data_source,
             writer,
+            self.clock.clone(),
+            self.deadlines.request_body,
         )
         .map_err(|e| {
             use crate::request;
@@ -215,6 +244,11 @@ impl ClientConnection {
                 }
             }
         })?;
+        // nodelink patch: the head (and a small body) are in; the body's own deadline, if
+        // any, starts at its first read.
+        if let Some(clock) = &self.clock {
+            clock.set_deadline(None);
+        }
 
         // return the request
         Ok(request)
@@ -270,14 +304,17 @@ impl Iterator for ClientConnection {
                 }
 
                 Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
-                    // request timeout
-                    let writer = self.sink.next().unwrap();
-                    let response = Response::new_empty(StatusCode(408));
-                    response
-                        .raw_print(writer, HTTPVersion(1, 1), &[], false, None)
-                        .ok();
+                    // nodelink patch: a JSON 408 that says how long the client had, then a
+                    // linger so the answer is not lost to a reset; upstream sent an empty 408.
+                    let body = match self.deadlines.request_head {
+                        Some(limit) => limits::timeout_body(limit),
+                        None => limits::timeout_body(Duration::ZERO),
+                    };
+                    self.answer_and_close(408, &body);
                     return None; // closing the connection
                 }
+
+                Err(ReadError::BodyLeftUnread) => return None,
 
                 Err(ReadError::ExpectationFailed(ver)) => {
                     let writer = self.sink.next().unwrap();
@@ -336,11 +373,16 @@ impl ClientConnection {
     /// lingers (see `LINGER_BYTES`) so the answer is not lost to a reset. The connection
     /// is closed afterwards: where the next request would start is unknown.
     fn refuse(&mut self, code: u16, message: &str, limit: usize) {
+        self.answer_and_close(code, &limits::error_body(message, limit));
+    }
+
+    /// nodelink patch: answers `code` with a JSON `body` and `Connection: close`, then
+    /// lingers (see `LINGER_BYTES`).
+    fn answer_and_close(&mut self, code: u16, body: &str) {
         use crate::StatusCode;
         use std::io::Write;
 
         // Written by hand: `Response` drops a `Connection` header set by the caller.
-        let body = limits::error_body(message, limit);
         let answer = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
              Connection: close\r\n\r\n{}",
@@ -360,19 +402,71 @@ impl ClientConnection {
             return;
         }
         drop(writer);
-        // Send our FIN now: a client that reads the answer then closes, ending the drain.
+        self.linger();
+    }
+
+    /// nodelink patch: sends our FIN, then reads and discards what the client still sends,
+    /// at most `LINGER_BYTES` for at most `LINGER_TIME`, so that closing with unread data
+    /// (which makes the kernel send a reset) does not destroy an answer the client has not
+    /// read yet.
+    fn linger(&mut self) {
+        // A client that reads the answer then closes, ending the drain.
         if let Some(reader) = self.next_header_source.current_mut() {
             let _ = reader.get_mut().shutdown_write();
         }
+        self.discard(LINGER_BYTES, LINGER_TIME);
+    }
+
+    /// nodelink patch: reads and throws away up to `bytes` bytes for at most `time` (each
+    /// read is bounded by the connection's clock, or, without one, by the socket's read
+    /// timeout and a check between reads); returns how many were read before the end of
+    /// the stream, an error or the deadline.
+    fn discard(&mut self, bytes: usize, time: Duration) -> usize {
+        if let Some(clock) = &self.clock {
+            clock.set_deadline(Some(time));
+        }
         let started = Instant::now();
-        let mut drained = 0;
+        let mut done = 0;
         let mut buf = [0u8; 8192];
-        while drained < LINGER_BYTES && started.elapsed() < LINGER_TIME {
-            match self.next_header_source.read(&mut buf) {
+        while done < bytes && started.elapsed() < time {
+            let want = (bytes - done).min(buf.len());
+            match self.next_header_source.read(&mut buf[..want]) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => drained += n,
+                Ok(n) => done += n,
             }
         }
+        if let Some(clock) = &self.clock {
+            clock.set_deadline(None);
+        }
+        done
+    }
+
+    /// nodelink patch: before reading a request, skips the rest of the previous request's
+    /// body that its handler did not read (`EqualReader` reports it to the clock when the
+    /// request is dropped). Upstream read that rest on the thread that dropped the request,
+    /// for as long as the client kept sending, so a client trickling a huge refused body
+    /// held a worker of the embedding server for good. Here the connection's own thread
+    /// skips at most `skip_bytes` within `skip_time`; a larger, chunked or slower rest
+    /// closes the connection (after a linger for the answer). Returns whether the
+    /// connection can go on.
+    fn skip_unread_body(&mut self) -> bool {
+        let Some(clock) = self.clock.clone() else {
+            return true;
+        };
+        // Wait until the previous request is dropped: only then is its unread rest known.
+        if self.next_header_source.turn().is_none() {
+            return false;
+        }
+        let unread = clock.take_unread();
+        if unread == 0 {
+            return true;
+        }
+        if unread != UNKNOWN_LENGTH && unread <= self.deadlines.skip_bytes {
+            let time = self.deadlines.skip_time.unwrap_or(Duration::MAX);
+            return self.discard(unread, time) == unread;
+        }
+        self.linger();
+        false
     }
 }
 

@@ -114,7 +114,7 @@ use util::MessagesQueue;
 
 pub use common::{HTTPVersion, Header, HeaderField, Method, StatusCode};
 pub use connection::{ConfigListenAddr, ListenAddr, Listener};
-pub use limits::{Limits, ServerCounters};
+pub use limits::{Deadlines, Limits, ServerCounters};
 pub use request::{ReadWrite, Request};
 pub use response::{Response, ResponseBox};
 pub use test::TestRequest;
@@ -263,6 +263,24 @@ impl Server {
         limits: Limits,
         counters: Arc<ServerCounters>,
     ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
+        Self::from_listener_with_bounds(
+            listener,
+            ssl_config,
+            limits,
+            Deadlines::default(),
+            counters,
+        )
+    }
+
+    /// nodelink patch: like `from_listener_with_limits`, with `deadlines` on how long a
+    /// client may take to send a request and how much of an unread body is skipped.
+    pub fn from_listener_with_bounds<L: Into<Listener>>(
+        listener: L,
+        ssl_config: Option<SslConfig>,
+        limits: Limits,
+        deadlines: Deadlines,
+        counters: Arc<ServerCounters>,
+    ) -> Result<Server, Box<dyn Error + Send + Sync + 'static>> {
         let listener = listener.into();
         // building the "close" variable
         let close_trigger = Arc::new(AtomicBool::new(false));
@@ -333,6 +351,7 @@ impl Server {
                                         write_closable,
                                         read_closable,
                                         limits.clone(),
+                                        deadlines.clone(),
                                         counters.clone(),
                                     ))
                                 },
@@ -350,7 +369,8 @@ impl Server {
                 match new_client {
                     Ok(accepted) => {
                         let messages = inside_messages.clone();
-                        let (limits, counters) = (limits.clone(), counters.clone());
+                        let (limits, deadlines, counters) =
+                            (limits.clone(), deadlines.clone(), counters.clone());
                         let mut accepted = Some(accepted);
                         tasks_pool.spawn(Box::new(move || {
                             let client = match accepted.take() {
@@ -370,6 +390,7 @@ impl Server {
                                                 write_closable,
                                                 read_closable,
                                                 limits.clone(),
+                                                deadlines.clone(),
                                                 counters.clone(),
                                             )
                                         }

@@ -1,9 +1,11 @@
 //! nodelink patch: bounds on what a peer controls before a request reaches the caller
-//! (request-line and header sizes, open connections), and counters of each refusal so the
-//! embedding server can expose them. Upstream had no such bounds.
+//! (request-line and header sizes, open connections, how long it may take to send a
+//! request), and counters of each refusal so the embedding server can expose them.
+//! Upstream had no such bounds.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Limits on what a client controls. The default is upstream's behaviour: no bound at all.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +25,37 @@ impl Default for Limits {
             max_request_line_bytes: usize::MAX,
             max_header_bytes: usize::MAX,
             max_connections: usize::MAX,
+        }
+    }
+}
+
+/// How long a client may take to send a request, and how much of a body the request's
+/// handler left unread is skipped to keep the connection open. Every read also waits at
+/// most the socket's own read timeout. The default is upstream's behaviour: no deadline,
+/// any unread body skipped whatever its size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadlines {
+    /// From the first byte of a request to the end of its head (and of a body of at most
+    /// 1 KiB, which is read with it); past it the client gets `408` and the connection is
+    /// closed.
+    pub request_head: Option<Duration>,
+    /// From the handler's first read of a larger body to its end; past it the read fails
+    /// with `TimedOut`.
+    pub request_body: Option<Duration>,
+    /// Most bytes of an unread body the connection's thread reads and discards, after the
+    /// response, to keep the connection open; a larger rest closes the connection.
+    pub skip_bytes: usize,
+    /// Longest time that skipping may take; past it the connection is closed.
+    pub skip_time: Option<Duration>,
+}
+
+impl Default for Deadlines {
+    fn default() -> Self {
+        Deadlines {
+            request_head: None,
+            request_body: None,
+            skip_bytes: usize::MAX,
+            skip_time: None,
         }
     }
 }
@@ -117,6 +150,15 @@ impl Drop for ConnectionSlot {
 pub(crate) fn error_body(what: &str, limit: usize) -> String {
     format!(
         "{{\"error\":\"{what} exceeds the limit of {limit} bytes\",\"details\":{{\"limit_bytes\":{limit}}}}}"
+    )
+}
+
+/// The body of a `408` for a request that did not arrive within `limit` (zero: within the
+/// socket's read timeout).
+pub(crate) fn timeout_body(limit: Duration) -> String {
+    let ms = limit.as_millis();
+    format!(
+        "{{\"error\":\"the request did not arrive in time\",\"details\":{{\"timeout_ms\":{ms}}}}}"
     )
 }
 

@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Duration;
 
-use crate::util::{EqualReader, FusedReader};
+use crate::util::read_clock::UNKNOWN_LENGTH;
+use crate::util::{EqualReader, FusedReader, ReadClock};
 use crate::{HTTPVersion, Header, Method, Response, StatusCode};
 use chunked_transfer::Decoder;
 
@@ -126,6 +129,10 @@ impl From<IoError> for RequestCreationError {
 /// It is the responsibility of the `Request` to read only the data of the request and not further.
 ///
 /// The `Write` object will be used by the `Request` to write the response.
+///
+/// nodelink patch: with a `clock` (the connection's), a body too large to be read here is
+/// read within `body_time` of its first read, and what the request leaves unread is
+/// reported to the clock instead of being read when the request is dropped.
 #[allow(clippy::too_many_arguments)]
 pub fn new_request<R, W>(
     secure: bool,
@@ -136,6 +143,8 @@ pub fn new_request<R, W>(
     remote_addr: Option<SocketAddr>,
     mut source_data: R,
     writer: W,
+    clock: Option<Arc<ReadClock>>,
+    body_time: Option<Duration>,
 ) -> Result<Request, RequestCreationError>
 where
     R: Read + Send + 'static,
@@ -212,6 +221,10 @@ where
             }
 
             Box::new(Cursor::new(buffer)) as Box<dyn Read + Send + 'static>
+        } else if let Some(clock) = clock {
+            let data_reader = EqualReader::with_clock(source_data, content_length, clock.clone());
+            Box::new(TimedBody::new(FusedReader::new(data_reader), clock, body_time, false))
+                as Box<dyn Read + Send + 'static>
         } else {
             let (data_reader, _) = EqualReader::new(source_data, content_length); // TODO:
             Box::new(FusedReader::new(data_reader)) as Box<dyn Read + Send + 'static>
@@ -219,7 +232,12 @@ where
     } else if transfer_encoding.is_some() {
         // if a transfer-encoding was specified, then "chunked" is ALWAYS applied
         // over the message (RFC2616 #3.6)
-        Box::new(FusedReader::new(Decoder::new(source_data))) as Box<dyn Read + Send + 'static>
+        let body = FusedReader::new(Decoder::new(source_data));
+        match clock {
+            Some(clock) => Box::new(TimedBody::new(body, clock, body_time, true))
+                as Box<dyn Read + Send + 'static>,
+            None => Box::new(body) as Box<dyn Read + Send + 'static>,
+        }
     } else {
         // if we have neither a Content-Length nor a Transfer-Encoding,
         // assuming that we have no data
@@ -240,6 +258,58 @@ where
         must_send_continue: expects_continue,
         notify_when_responded: None,
     })
+}
+
+/// nodelink patch: a request body that must arrive within `limit` of its first read, so a
+/// client sending it a byte at a time holds the reading thread for a bounded time. When
+/// dropped before its end, a body without a `Content-Length` (`chunked`) reports an unknown
+/// unread length, after which the connection is closed: where the next request starts is
+/// unknown. (An `EqualReader` reports its exact rest itself.)
+struct TimedBody<R: Read> {
+    inner: R,
+    clock: Arc<ReadClock>,
+    limit: Option<Duration>,
+    started: bool,
+    finished: bool,
+    chunked: bool,
+}
+
+impl<R: Read> TimedBody<R> {
+    fn new(inner: R, clock: Arc<ReadClock>, limit: Option<Duration>, chunked: bool) -> Self {
+        TimedBody {
+            inner,
+            clock,
+            limit,
+            started: false,
+            finished: false,
+            chunked,
+        }
+    }
+}
+
+impl<R: Read> Read for TimedBody<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.started {
+            self.started = true;
+            self.clock.set_deadline(self.limit);
+        }
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.finished = true;
+        }
+        Ok(n)
+    }
+}
+
+impl<R: Read> Drop for TimedBody<R> {
+    fn drop(&mut self) {
+        if self.started {
+            self.clock.set_deadline(None);
+        }
+        if self.chunked && !self.finished {
+            self.clock.leave_unread(UNKNOWN_LENGTH);
+        }
+    }
 }
 
 impl Request {

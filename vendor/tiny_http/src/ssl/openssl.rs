@@ -22,6 +22,23 @@ impl SplitOpenSslStream {
     pub(crate) fn shutdown(&mut self, how: Shutdown) -> std::io::Result<()> {
         self.0.lock().unwrap().inner.get_mut().shutdown(how)
     }
+
+    /// nodelink patch: the socket's read timeout, for read deadlines.
+    pub(crate) fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+        self.lock().inner.get_ref().read_timeout()
+    }
+
+    /// nodelink patch: see `read_timeout`.
+    pub(crate) fn set_read_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        self.lock().inner.get_ref().set_read_timeout(timeout)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenSslStream> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Clone for SplitOpenSslStream {

@@ -29,6 +29,25 @@ impl RustlsStream {
             .sock
             .shutdown(how)
     }
+
+    /// nodelink patch: the socket's read timeout, for read deadlines.
+    pub(crate) fn read_timeout(&self) -> std::io::Result<Option<std::time::Duration>> {
+        self.lock().sock.read_timeout()
+    }
+
+    /// nodelink patch: see `read_timeout`.
+    pub(crate) fn set_read_timeout(
+        &self,
+        timeout: Option<std::time::Duration>,
+    ) -> std::io::Result<()> {
+        self.lock().sock.set_read_timeout(timeout)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, rustls::StreamOwned<rustls::ServerConnection, Connection>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 impl Clone for RustlsStream {

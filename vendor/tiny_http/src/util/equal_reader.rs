@@ -2,12 +2,20 @@ use std::io::Read;
 use std::io::Result as IoResult;
 use std::sync::mpsc::channel;
 use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+
+use crate::util::ReadClock;
 
 /// A `Reader` that reads exactly the number of bytes from a sub-reader.
 ///
 /// If the limit is reached, it returns EOF. If the limit is not reached
 /// when the destructor is called, the remaining bytes will be read and
 /// thrown away.
+///
+/// nodelink patch: with a `ReadClock`, the destructor reads nothing: it records how many
+/// bytes are left and the connection's own thread skips them, within its bounds, before
+/// the next request (see `ClientConnection::skip_unread_body`). Upstream read them here,
+/// on the thread that dropped the request, for as long as the client kept sending.
 pub struct EqualReader<R>
 where
     R: Read,
@@ -15,6 +23,7 @@ where
     reader: R,
     size: usize,
     last_read_signal: Sender<IoResult<()>>,
+    clock: Option<Arc<ReadClock>>,
 }
 
 impl<R> EqualReader<R>
@@ -28,9 +37,17 @@ where
             reader,
             size,
             last_read_signal: tx,
+            clock: None,
         };
 
         (r, rx)
+    }
+
+    /// nodelink patch: like `new`; the bytes left unread on drop are reported to `clock`.
+    pub(crate) fn with_clock(reader: R, size: usize, clock: Arc<ReadClock>) -> EqualReader<R> {
+        let (mut r, _) = Self::new(reader, size);
+        r.clock = Some(clock);
+        r
     }
 }
 
@@ -64,6 +81,10 @@ where
     R: Read,
 {
     fn drop(&mut self) {
+        if let Some(clock) = &self.clock {
+            clock.leave_unread(self.size);
+            return;
+        }
         let mut remaining_to_read = self.size;
 
         // nodelink patch: drain through a fixed buffer. Upstream allocates the whole declared
@@ -113,6 +134,24 @@ mod tests {
         let mut string = String::new();
         org_reader.read_to_string(&mut string).unwrap();
         assert_eq!(string, " world");
+    }
+
+    #[test]
+    fn with_a_clock_the_rest_is_reported_not_read() {
+        use std::io::Cursor;
+        use std::sync::Arc;
+
+        let clock = Arc::new(crate::util::ReadClock::default());
+        let mut org_reader = Cursor::new(b"hello world".to_vec());
+        {
+            let mut equal_reader =
+                EqualReader::with_clock(org_reader.by_ref(), 8, clock.clone());
+            let mut two = [0; 2];
+            equal_reader.read_exact(&mut two).unwrap();
+        }
+        assert_eq!(clock.take_unread(), 6);
+        assert_eq!(clock.take_unread(), 0);
+        assert_eq!(org_reader.position(), 2);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 use std::io::Result as IoResult;
-use std::io::{Read, Write};
+use std::io::{Error, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::connection::Connection;
 use crate::limits::ConnectionSlot;
+use crate::util::ReadClock;
 #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
 use crate::ssl::SslStream;
 
@@ -56,6 +58,22 @@ impl Stream {
             Stream::Https(ssl_stream) => ssl_stream.shutdown(how),
         }
     }
+
+    fn read_timeout(&self) -> IoResult<Option<Duration>> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.read_timeout(),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(ssl_stream) => ssl_stream.read_timeout(),
+        }
+    }
+
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> IoResult<()> {
+        match self {
+            Stream::Http(tcp_stream) => tcp_stream.set_read_timeout(timeout),
+            #[cfg(any(feature = "ssl-openssl", feature = "ssl-rustls"))]
+            Stream::Https(ssl_stream) => ssl_stream.set_read_timeout(timeout),
+        }
+    }
 }
 
 impl Read for Stream {
@@ -92,6 +110,17 @@ pub struct RefinedTcpStream {
     close_write: bool,
     // nodelink patch: both halves share the connection's slot under `max_connections`.
     _slot: Option<Arc<ConnectionSlot>>,
+    // nodelink patch: the read half bounds each read by the connection's deadline.
+    deadline: Option<DeadlineState>,
+}
+
+/// nodelink patch: what the read half needs to bound reads by a `ReadClock` deadline.
+struct DeadlineState {
+    clock: Arc<ReadClock>,
+    /// The socket's own read timeout, in force whenever no deadline is.
+    base: Option<Duration>,
+    /// The read timeout last set on the socket.
+    applied: Option<Duration>,
 }
 
 impl RefinedTcpStream {
@@ -114,12 +143,18 @@ impl RefinedTcpStream {
         let slot = slot.map(Arc::new);
 
         let (read, write) = (stream.try_clone()?, stream);
+        let base = read.read_timeout()?;
 
         let read = RefinedTcpStream {
             stream: read,
             close_read: true,
             close_write: false,
             _slot: slot.clone(),
+            deadline: Some(DeadlineState {
+                clock: Arc::new(ReadClock::default()),
+                base,
+                applied: base,
+            }),
         };
 
         let write = RefinedTcpStream {
@@ -127,6 +162,7 @@ impl RefinedTcpStream {
             close_read: false,
             close_write: true,
             _slot: slot,
+            deadline: None,
         };
 
         Ok((read, write))
@@ -147,6 +183,38 @@ impl RefinedTcpStream {
     pub(crate) fn shutdown_write(&mut self) -> IoResult<()> {
         self.stream.shutdown(Shutdown::Write)
     }
+
+    /// nodelink patch: the clock whose deadline bounds this read half's reads.
+    pub(crate) fn clock(&self) -> Option<Arc<ReadClock>> {
+        self.deadline.as_ref().map(|d| d.clock.clone())
+    }
+}
+
+impl DeadlineState {
+    /// Sets the socket's read timeout to what is left until the deadline (at most the
+    /// socket's own timeout), or back to its own timeout without a deadline. Returns
+    /// whether a deadline is in force; fails with `TimedOut` once it has passed.
+    fn apply(&mut self, stream: &Stream) -> IoResult<bool> {
+        let (want, bounded) = match self.clock.deadline() {
+            None => (self.base, false),
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(deadline_passed());
+                }
+                (Some(self.base.map_or(left, |base| base.min(left))), true)
+            }
+        };
+        if want != self.applied {
+            stream.set_read_timeout(want)?;
+            self.applied = want;
+        }
+        Ok(bounded)
+    }
+}
+
+fn deadline_passed() -> Error {
+    Error::new(ErrorKind::TimedOut, "the client took too long to send the request")
 }
 
 impl Drop for RefinedTcpStream {
@@ -163,7 +231,16 @@ impl Drop for RefinedTcpStream {
 
 impl Read for RefinedTcpStream {
     fn read(&mut self, buf: &mut [u8]) -> IoResult<usize> {
-        self.stream.read(buf)
+        // nodelink patch: a read under a deadline waits only for what is left of it, and
+        // its timeout reads as `TimedOut` (Linux reports a socket timeout as `WouldBlock`).
+        let Some(deadline) = self.deadline.as_mut() else {
+            return self.stream.read(buf);
+        };
+        let bounded = deadline.apply(&self.stream)?;
+        match self.stream.read(buf) {
+            Err(e) if bounded && e.kind() == ErrorKind::WouldBlock => Err(deadline_passed()),
+            other => other,
+        }
     }
 }
 
