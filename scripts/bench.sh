@@ -54,7 +54,7 @@ write_credentials "$work/agents.json" 'bench-%04d' "$agents"
 
 # A fresh server with a generous registry; sets server_pid, http_addr, grpc_addr.
 start_bench_server() {
-  start_server "$1" --agent-tokens "$work/agents.json" --api-token "$api_token" \
+  start_server "$1" --agent-tokens "$work/agents.json" --api-token-file "$api_token_file" \
     --max-tasks 1000000
 }
 

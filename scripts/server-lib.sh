@@ -2,8 +2,9 @@
 # test server and its simulated agents share, and starting a server on free loopback ports.
 
 # write_credentials FILE PREFIX COUNT: writes {"PREFIX<i>": "<random token>", ...} for i in
-# 0..COUNT-1 (PREFIX is a printf format of i, e.g. bench-%04d) to FILE, mode 600, and sets
-# api_token to a fresh random token.
+# 0..COUNT-1 (PREFIX is a printf format of i, e.g. bench-%04d) to FILE, mode 600, sets
+# api_token to a fresh random token and writes it to api_token_file (next to FILE, mode 600)
+# for the server's --api-token-file, which keeps it out of `ps`.
 write_credentials() {
   local file=$1 format=$2 count=$3 i
   local hex
@@ -18,6 +19,8 @@ write_credentials() {
     printf '}\n'
   } >"$file"
   chmod 600 "$file"
+  api_token_file="$(dirname "$file")/api-token"
+  (umask 077 && printf '%s\n' "$api_token" >"$api_token_file")
 }
 
 # start_server LOG ARGS...: starts `$server_bin server` on free 127.0.0.1 ports with ARGS,

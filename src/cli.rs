@@ -42,9 +42,14 @@ pub struct ServerArgs {
     /// JSON file mapping agent id to token, e.g. {"agent1": "secret_token1"}.
     #[arg(long, env = "NODELINK_AGENT_TOKENS")]
     pub agent_tokens: Option<PathBuf>,
-    /// Bearer token REST clients must send (Authorization: Bearer TOKEN).
+    /// Bearer token REST clients must send (Authorization: Bearer TOKEN); visible to other
+    /// users in `ps`, so prefer --api-token-file.
     #[arg(long, env = "NODELINK_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+    /// File holding the bearer token REST clients must send (one trailing newline ignored);
+    /// replaces --api-token.
+    #[arg(long, env = "NODELINK_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Zero-configuration mode: generated credentials and a local agent named `local`.
     #[arg(long, env = "NODELINK_DEV")]
     pub dev: bool,
@@ -122,9 +127,12 @@ pub struct AgentArgs {
     /// This agent's id (must be in the server's token file).
     #[arg(long, env = "NODELINK_AGENT_ID")]
     pub id: String,
-    /// This agent's token.
+    /// This agent's token; visible to other users in `ps`, so prefer --token-file.
     #[arg(long, env = "NODELINK_AGENT_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
+    /// File holding this agent's token (one trailing newline ignored); replaces --token.
+    #[arg(long, env = "NODELINK_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
     /// Shell that runs commands (default: bash where present, else /bin/sh).
     #[arg(long, env = "NODELINK_SHELL")]
     pub shell: Option<PathBuf>,

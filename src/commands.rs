@@ -3,8 +3,9 @@
 //! that says what to do.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nodelink::agent::{self, AgentConfig, AgentHandle, ConnectConfig, ExecConfig};
 use nodelink::cli::{AgentArgs, ServerArgs};
@@ -103,6 +104,41 @@ fn warn_if_readable_by_others(path: &Path) {
     }
 }
 
+/// Reads a token from `path` (what `--api-token-file` and `--token-file` name), so it never
+/// appears on a command line, where every user sees it in `ps`. One trailing newline (as
+/// `echo` writes) is dropped; an empty token is refused with a one-line error.
+fn read_token_file(path: &Path, what: &str) -> Result<String, String> {
+    warn_if_readable_by_others(path);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read the {what} file: {e}", path.display()))?;
+    let token = text
+        .strip_suffix('\n')
+        .map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if token.is_empty() {
+        return Err(format!("{}: the {what} file is empty", path.display()));
+    }
+    Ok(token.to_owned())
+}
+
+/// The token given as a value or read from a file, whichever of the two `flags` (value
+/// flag, file flag) was set, on the command line or in the environment; both is an error.
+fn token_from(
+    value: Option<&str>,
+    file: Option<&Path>,
+    what: &str,
+    flags: [&str; 2],
+) -> Result<Option<String>, String> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(format!(
+            "the {what} is given twice: pass {} or {} (or set one of their environment variables), not both",
+            flags[1], flags[0]
+        )),
+        (None, Some(path)) => read_token_file(path, what).map(Some),
+        (Some(v), None) => Ok(Some(v.to_owned()).filter(|t| !t.is_empty())),
+        (None, None) => Ok(None),
+    }
+}
+
 fn wait_for_signal() {
     match signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -123,9 +159,21 @@ pub fn server(args: ServerArgs) -> u8 {
         eprintln!("nodelink: no agent tokens; pass --agent-tokens FILE (JSON {{\"agent1\": \"secret\"}}) or set NODELINK_AGENT_TOKENS, or try --dev");
         return 2;
     };
-    let Some(api_token) = args.api_token.clone().filter(|t| !t.is_empty()) else {
-        eprintln!("nodelink: no API token; pass --api-token TOKEN or set NODELINK_API_TOKEN, or try --dev");
-        return 2;
+    let api_token = match token_from(
+        args.api_token.as_deref(),
+        args.api_token_file.as_deref(),
+        "API token",
+        ["--api-token", "--api-token-file"],
+    ) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!("nodelink: no API token; pass --api-token-file FILE or set NODELINK_API_TOKEN_FILE, or try --dev");
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
     };
     warn_if_readable_by_others(&tokens_path);
     let agent_tokens = match AgentTokens::load(&tokens_path) {
@@ -209,21 +257,77 @@ pub fn dev(args: ServerArgs) -> u8 {
             return 1;
         }
     };
+    let files = match DevFiles::write(&api_token) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("nodelink: cannot write the dev-mode token files: {e}");
+            agent.stop();
+            server.shutdown();
+            return 1;
+        }
+    };
     let http = format!("{scheme}://{}", server.http_addr());
+    let (token_file, header) = (files.token.display(), files.header.display());
     println!(
         "\nnodelink dev mode: server on {http}, gRPC on 127.0.0.1:{grpc}, local agent `local`.\n\
-         API token: {api_token}\n\n\
+         API token: {api_token}\n\
+         Kept, readable only by you, in {token_file} (for --api-token-file) and as a curl header in {header}.\n\n\
          Create a task (stores its id in $TASK):\n\n  \
-         TASK=$(curl -s -X POST {http}/tasks/shell -H 'Authorization: Bearer {api_token}' -H 'Content-Type: application/json' -d '{{\"agent_id\":\"local\",\"cmd\":\"echo hello from nodelink; uname -a\"}}' | sed -E 's/.*\"task_id\":\"([^\"]+)\".*/\\1/'); echo $TASK\n\n\
+         TASK=$(curl -s -X POST {http}/tasks/shell -H @{header} -H 'Content-Type: application/json' -d '{{\"agent_id\":\"local\",\"cmd\":\"echo hello from nodelink; uname -a\"}}' | sed -E 's/.*\"task_id\":\"([^\"]+)\".*/\\1/'); echo $TASK\n\n\
          Stream its events, then read it back:\n\n  \
-         curl -N -H 'Authorization: Bearer {api_token}' \"{http}/stream?ref=$TASK\"; curl -s -H 'Authorization: Bearer {api_token}' {http}/tasks/$TASK\n\n\
+         curl -N -H @{header} \"{http}/stream?ref=$TASK\"; curl -s -H @{header} {http}/tasks/$TASK\n\n\
          Ctrl-C stops.\n",
         grpc = server.grpc_port(),
     );
     wait_for_signal();
     agent.stop();
     server.shutdown();
+    drop(files);
     0
+}
+
+/// Dev mode's API token in files only its user can read, so the printed commands keep it
+/// off their command lines; removed when dev mode stops.
+struct DevFiles {
+    dir: PathBuf,
+    /// The bare token, as `--api-token-file` reads it.
+    token: PathBuf,
+    /// `Authorization: Bearer TOKEN`, as `curl -H @FILE` reads it.
+    header: PathBuf,
+}
+
+impl DevFiles {
+    fn write(api_token: &str) -> std::io::Result<DevFiles> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let dir =
+            std::env::temp_dir().join(format!("nodelink-dev-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let files = DevFiles {
+            token: dir.join("api-token"),
+            header: dir.join("auth-header"),
+            dir,
+        };
+        let write = |path: &Path, text: String| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+        };
+        write(&files.token, format!("{api_token}\n"))?;
+        write(
+            &files.header,
+            format!("Authorization: Bearer {api_token}\n"),
+        )?;
+        Ok(files)
+    }
+}
+
+impl Drop for DevFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// `nodelink agent`.
@@ -236,7 +340,25 @@ pub fn agent(args: AgentArgs) -> u8 {
     if let Some(shell) = &args.shell {
         exec.shell = shell.clone();
     }
-    let mut connect = ConnectConfig::new(args.server.clone(), args.id.clone(), args.token.clone());
+    let token = match token_from(
+        args.token.as_deref(),
+        args.token_file.as_deref(),
+        "agent token",
+        ["--token", "--token-file"],
+    ) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            eprintln!(
+                "nodelink: no agent token; pass --token-file FILE or set NODELINK_AGENT_TOKEN_FILE"
+            );
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
+    let mut connect = ConnectConfig::new(args.server.clone(), args.id.clone(), token);
     connect.backoff_max = args.backoff_max;
     connect.tls = match agent_tls(&args) {
         Ok(t) => t,

@@ -142,6 +142,8 @@ pub struct ServerOpts {
     pub grpc_addr: String,
     /// Limit on the server's open file descriptors (RLIMIT_NOFILE), for fault tests.
     pub nofile: Option<u64>,
+    /// Pass `API_TOKEN` in a file (`--api-token-file`) instead of on the command line.
+    pub api_token_file: bool,
 }
 
 impl Default for ServerOpts {
@@ -152,6 +154,7 @@ impl Default for ServerOpts {
             http_addr: "127.0.0.1:0".into(),
             grpc_addr: "127.0.0.1:0".into(),
             nofile: None,
+            api_token_file: false,
         }
     }
 }
@@ -182,10 +185,16 @@ impl Server {
             &opts.grpc_addr,
         ])
         .arg("--agent-tokens")
-        .arg(&file)
-        .args(["--api-token", API_TOKEN])
-        .args(&opts.extra)
-        .env("RUST_LOG", "info");
+        .arg(&file);
+        if opts.api_token_file {
+            let token_file = dir.join("api-token");
+            std::fs::write(&token_file, format!("{API_TOKEN}\n")).expect("API token file");
+            set_private(&token_file);
+            cmd.arg("--api-token-file").arg(&token_file);
+        } else {
+            cmd.args(["--api-token", API_TOKEN]);
+        }
+        cmd.args(&opts.extra).env("RUST_LOG", "info");
         if let Some(n) = opts.nofile {
             use std::os::unix::process::CommandExt;
             let limit = libc::rlimit {
@@ -264,6 +273,15 @@ pub fn start_agent(grpc: &str, id: &str, token: &str, extra: &[&str]) -> Proc {
     let mut cmd = Command::new(binary());
     cmd.args(["agent", "--server", grpc, "--id", id, "--token", token])
         .args(extra)
+        .env("RUST_LOG", "info");
+    Proc::spawn(cmd)
+}
+
+/// Starts `nodelink agent` against `grpc`, reading its token from `token_file`.
+pub fn start_agent_with_token_file(grpc: &str, id: &str, token_file: &Path) -> Proc {
+    let mut cmd = Command::new(binary());
+    cmd.args(["agent", "--server", grpc, "--id", id, "--token-file"])
+        .arg(token_file)
         .env("RUST_LOG", "info");
     Proc::spawn(cmd)
 }
