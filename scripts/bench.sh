@@ -3,7 +3,8 @@
 # writes a token file for the simulated agents, and for each scenario starts a fresh
 # `nodelink server` on free 127.0.0.1 ports and runs `nodelink-bench` against it. Prints one
 # summary table and keeps every JSON report (and the server logs) in
-# bench-results/<date>-<commit>/ (git-ignored). About 2 minutes once the build is warm.
+# bench-results/<date>-<commit>/ (git-ignored); exits 1 if a run failed or a target was
+# missed. About 2 minutes once the build is warm.
 #
 # Environment: BENCH_DURATION (default 8s) is the measured phase of each scenario;
 # BENCH_ONLY="dispatch-closed ingest" runs only the named runs; RUST_LOG is passed to the
@@ -105,11 +106,19 @@ run fanout fanout --clients 500 --rate 1000 --duration "$duration"
   shopt -s nullglob
   files=("$out"/*.json)
   if [ ${#files[@]} -gt 0 ]; then
-    "$bench_bin" summary "${files[@]}"
+    # --check names each missed target on stderr and exits 1; recorded for the exit below.
+    "$bench_bin" summary --check "${files[@]}" || echo missed >"$out/.missed"
   fi
 } | tee "$out/summary.txt"
 echo "reports: $out" >&2
+status=0
 if [ ${#failed[@]} -gt 0 ]; then
   echo "failed runs: ${failed[*]}" >&2
-  exit 1
+  status=1
 fi
+if [ -e "$out/.missed" ]; then
+  rm -f "$out/.missed"
+  echo "targets missed (see above)" >&2
+  status=1
+fi
+exit "$status"

@@ -161,6 +161,10 @@ enum Command {
     },
     /// Combine JSON reports (from --json) into one table against the targets.
     Summary {
+        /// Exit 1, naming each on stderr, if a measured target was missed (targets that no
+        /// report measured do not count).
+        #[arg(long)]
+        check: bool,
         /// JSON report files.
         files: Vec<PathBuf>,
     },
@@ -186,7 +190,7 @@ fn load_tokens(path: &PathBuf) -> Result<Vec<Credentials>, String> {
     Ok(creds)
 }
 
-fn summary(files: &[PathBuf]) -> Result<ExitCode, String> {
+fn summary(files: &[PathBuf], check: bool) -> Result<ExitCode, String> {
     let mut reports = Vec::new();
     for f in files {
         let text = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
@@ -194,8 +198,14 @@ fn summary(files: &[PathBuf]) -> Result<ExitCode, String> {
             serde_json::from_str(&text).map_err(|e| format!("{}: {e}", f.display()))?;
         reports.push(v);
     }
-    let (table, _missed) = report::summary(&reports);
+    let (table, missed) = report::summary(&reports);
     print!("{table}");
+    if check && !missed.is_empty() {
+        for m in &missed {
+            eprintln!("nodelink-bench: missed target: {m}");
+        }
+        return Ok(ExitCode::from(1));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -281,7 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             )?
         }
         Command::Agents { agents } => scenarios::agents::run(&ctx, agents as usize)?,
-        Command::Summary { files } => return summary(&files),
+        Command::Summary { files, check } => return summary(&files, check),
     };
     if c.json {
         println!("{}", report.to_json());

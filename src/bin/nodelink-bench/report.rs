@@ -413,8 +413,9 @@ const TARGETS: &[Target] = &[
     },
 ];
 
-/// Every report's key figures, then the targets table; returns how many targets were missed.
-pub fn summary(reports: &[Value]) -> (String, usize) {
+/// Every report's key figures, then the targets table; also returns one line per missed
+/// target (targets no report measured are not missed).
+pub fn summary(reports: &[Value]) -> (String, Vec<String>) {
     let mut out = String::new();
     let _ = writeln!(out, "{:<22} {:<36} {:>14} unit", "run", "figure", "value");
     for r in reports {
@@ -449,13 +450,18 @@ pub fn summary(reports: &[Value]) -> (String, usize) {
         "{:<50} {:>18} {:>14} {:<7} run",
         "target", "goal", "measured", "result"
     );
-    let mut missed = 0;
+    let mut missed = Vec::new();
     for t in TARGETS {
         let (value, result, run) = match (t.measured)(reports) {
             Some((v, run)) => {
                 let ok = (t.met)(v);
                 if !ok {
-                    missed += 1;
+                    missed.push(format!(
+                        "{}: goal {}, measured {} (run {run})",
+                        t.what,
+                        t.goal,
+                        number(v)
+                    ));
                 }
                 (number(v), if ok { "met" } else { "MISSED" }, run)
             }
@@ -468,4 +474,31 @@ pub fn summary(reports: &[Value]) -> (String, usize) {
         );
     }
     (out, missed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn summary_names_each_missed_target_and_only_those() {
+        let ingest = json!({
+            "scenario": "ingest", "label": "ingest-64", "params": {"chunk_bytes": 64},
+            "figures": {"chunks_per_s": 400000.0, "lost": 1.0, "reordered": 0.0},
+        });
+        let (table, missed) = summary(&[ingest]);
+        assert_eq!(
+            missed,
+            vec!["ingest: chunks lost or reordered: goal 0, measured 1 (run ingest-64)"]
+        );
+        assert!(table.contains("MISSED"), "{table}");
+        assert!(table.contains("not run"), "{table}");
+
+        let good = json!({
+            "scenario": "ingest", "label": "ingest-64", "params": {"chunk_bytes": 64},
+            "figures": {"chunks_per_s": 400000.0, "lost": 0.0, "reordered": 0.0},
+        });
+        assert!(summary(&[good]).1.is_empty());
+    }
 }
