@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use support::{
     binary, create_shell, start_agent_with_token_file, wait_final, Client, Server, ServerOpts,
-    TempDir, API_TOKEN,
+    TempDir,
 };
 
 fn private_file(dir: &TempDir, name: &str, text: &str) -> std::path::PathBuf {
