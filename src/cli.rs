@@ -21,9 +21,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server: the REST/SSE API for clients and the gRPC endpoint for agents.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run an agent that connects to a server and executes its tasks.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -116,6 +116,26 @@ pub struct ServerArgs {
     /// CA (PEM) that must have signed agents' certificates: mutual TLS; needs --tls-cert.
     #[arg(long, env = "NODELINK_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Directory of the durable store (created with mode 0700; one server per directory).
+    /// Default: ./nodelink-data, or a fresh temporary directory with --dev.
+    #[arg(long, env = "NODELINK_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Keep history in memory only: nothing survives a restart.
+    #[arg(long, env = "NODELINK_IN_MEMORY", conflicts_with = "data_dir")]
+    pub in_memory: bool,
+    /// Finished tasks older than this are deleted from the store (e.g. 30d, 12h).
+    #[arg(long, env = "NODELINK_RETENTION", default_value = "30d", value_parser = duration)]
+    pub retention: Duration,
+    /// At most this many tasks are kept in the store; the oldest finished go first.
+    #[arg(long, env = "NODELINK_RETENTION_TASKS", default_value_t = 1_000_000)]
+    pub retention_tasks: u64,
+    /// The database never grows past this many bytes; beyond it new tasks are refused (503)
+    /// until retention frees room. Default: as the disk allows.
+    #[arg(long, env = "NODELINK_MAX_DATA_BYTES")]
+    pub max_data_bytes: Option<u64>,
+    /// Finished tasks kept in memory with their output, besides the store.
+    #[arg(long, env = "NODELINK_CACHE_FINISHED", default_value_t = 1000)]
+    pub cache_finished: usize,
 }
 
 /// Flags of `nodelink agent`.

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nodelink::agent::{self, AgentConfig, AgentHandle, ConnectConfig, ExecConfig};
 use nodelink::cli::{AgentArgs, ServerArgs};
 use nodelink::link::AgentTokens;
 use nodelink::server::{RunningServer, ServerConfig};
+use nodelink::store::{Store, StoreConfig};
 use nodelink::tasks::ManagerConfig;
 use nodelink::tls::{load_pem, AgentTls, HttpTls, ServerTls, TlsError};
 
@@ -23,6 +25,7 @@ fn server_config(args: &ServerArgs) -> ServerConfig {
         disconnect_grace: args.disconnect_grace,
         max_tasks: args.max_tasks,
         max_output_bytes: args.max_output_bytes,
+        cache_finished: args.cache_finished,
         ..ManagerConfig::default()
     };
     ServerConfig {
@@ -42,7 +45,29 @@ fn server_config(args: &ServerArgs) -> ServerConfig {
         max_grpc_message_bytes: args.max_grpc_message_bytes,
         max_agents: args.max_agents,
         tls: None,
+        store: None,
     }
+}
+
+/// Opens the durable store the flags ask for: `None` with --in-memory; with --dev and no
+/// --data-dir, a fresh temporary directory.
+fn open_store(args: &ServerArgs, dev: bool) -> Result<Option<Arc<Store>>, String> {
+    if args.in_memory {
+        return Ok(None);
+    }
+    let dir = match (&args.data_dir, dev) {
+        (Some(d), _) => d.clone(),
+        (None, true) => {
+            std::env::temp_dir().join(format!("nodelink-dev-{}", uuid::Uuid::new_v4().simple()))
+        }
+        (None, false) => PathBuf::from("nodelink-data"),
+    };
+    let mut cfg = StoreConfig::new(dir);
+    cfg.retention = args.retention;
+    cfg.retention_tasks = args.retention_tasks;
+    cfg.max_data_bytes = args.max_data_bytes;
+    cfg.max_output_bytes = args.max_output_bytes;
+    Store::open(cfg).map(Some).map_err(|e| e.to_string())
 }
 
 /// Reads the agent link's TLS files named on the command line, if any.
@@ -200,6 +225,13 @@ pub fn server(args: ServerArgs) -> u8 {
             return 2;
         }
     };
+    cfg.store = match open_store(&args, false) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
     let server = match RunningServer::start(cfg) {
         Ok(s) => s,
         Err(e) => {
@@ -214,9 +246,17 @@ pub fn server(args: ServerArgs) -> u8 {
 
 /// `nodelink server --dev`: a server and a local agent with generated credentials.
 pub fn dev(args: ServerArgs) -> u8 {
+    let store = match open_store(&args, true) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nodelink: {e}");
+            return 2;
+        }
+    };
     let api_token = uuid::Uuid::new_v4().simple().to_string();
     let agent_token = uuid::Uuid::new_v4().simple().to_string();
     let mut cfg = server_config(&args);
+    cfg.store = store;
     cfg.api_token = Some(api_token.clone());
     cfg.agent_tokens =
         AgentTokens::from_map(HashMap::from([("local".to_string(), agent_token.clone())]));

@@ -27,6 +27,8 @@ pub mod secrets;
 #[cfg(feature = "grpc")]
 pub mod server;
 pub mod sse;
+#[cfg(feature = "grpc")]
+pub mod store;
 pub mod tasks;
 pub mod timer;
 pub mod tls;

@@ -11,9 +11,9 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Server(args) if args.dev => commands::dev(args),
-        Command::Server(args) => commands::server(args),
-        Command::Agent(args) => commands::agent(args),
+        Command::Server(args) if args.dev => commands::dev(*args),
+        Command::Server(args) => commands::server(*args),
+        Command::Agent(args) => commands::agent(*args),
     };
     ExitCode::from(code)
 }

@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 use crate::limits::{Limit, LimitHits};
 use crate::link::AgentDirectory;
 use crate::sse::SseHub;
+use crate::store::Store;
 use crate::tasks::{TaskManager, TaskStatus};
 
 type RouteCode = [(&'static str, String); 2];
@@ -47,6 +48,7 @@ impl Metrics {
         hub: Arc<SseHub>,
         hits: Arc<LimitHits>,
         edge: Arc<tiny_http::ServerCounters>,
+        store: Option<Arc<Store>>,
     ) -> Arc<Self> {
         let mut registry = Registry::default();
         let http_requests = Family::<RouteCode, Counter>::default();
@@ -68,6 +70,7 @@ impl Metrics {
             hub,
             hits,
             edge,
+            store,
         }));
         Arc::new(Metrics {
             registry,
@@ -101,9 +104,54 @@ struct StateCollector {
     hub: Arc<SseHub>,
     hits: Arc<LimitHits>,
     edge: Arc<tiny_http::ServerCounters>,
+    store: Option<Arc<Store>>,
 }
 
 impl StateCollector {
+    /// The durable store's figures, when there is one.
+    fn encode_store(&self, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let st = store.stats();
+        counter(
+            enc,
+            "nodelink_store_commits",
+            "Groups of changes committed to the store",
+            st.commits,
+        )?;
+        counter(
+            enc,
+            "nodelink_store_changes",
+            "Changes (tasks, events, audit records) committed to the store",
+            st.changes,
+        )?;
+        counter(
+            enc,
+            "nodelink_store_failures",
+            "Commits that failed (disk full, read-only, I/O); retried until they succeed",
+            st.failures,
+        )?;
+        counter(
+            enc,
+            "nodelink_store_retention_deleted_tasks",
+            "Tasks deleted from the store by retention",
+            st.deleted,
+        )?;
+        gauge(
+            enc,
+            "nodelink_store_backlog_bytes",
+            "Bytes of changes waiting to be committed",
+            as_i64(st.backlog_bytes as usize),
+        )?;
+        gauge(
+            enc,
+            "nodelink_store_available",
+            "1 while the store accepts writes, 0 while it fails",
+            i64::from(store.failure().is_none()),
+        )
+    }
+
     /// Hits of `limit`, wherever they are counted.
     fn limit_hits(&self, limit: Limit) -> u64 {
         match limit {
@@ -232,6 +280,7 @@ impl Collector for StateCollector {
                 ("late", load(&s.late_responses)),
                 ("unknown", load(&s.unknown_responses)),
                 ("malformed", load(&s.malformed_responses)),
+                ("duplicate", load(&s.duplicate_responses)),
             ] {
                 ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
             }
@@ -296,6 +345,7 @@ impl Collector for StateCollector {
             "Events dropped for internal listeners that fell behind",
             self.manager.listener_drops(),
         )?;
+        self.encode_store(&mut enc)?;
         Ok(())
     }
 }

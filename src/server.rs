@@ -11,7 +11,8 @@ use grpcio::{ChannelBuilder, EnvBuilder, ServerBuilder, ServerCredentials};
 use crate::limits::LimitHits;
 use crate::link::{AgentDirectory, AgentLink, AgentTokens};
 use crate::proto::create_agent_service;
-use crate::tasks::{ManagerConfig, TaskManager};
+use crate::store::Store;
+use crate::tasks::{Journal, ManagerConfig, TaskManager};
 
 /// Everything a server needs, with defaults in one place.
 #[derive(Clone, Debug)]
@@ -48,6 +49,9 @@ pub struct ServerConfig {
     pub max_agents: usize,
     /// TLS (and optionally mutual TLS) on the agent link; `None` is plaintext.
     pub tls: Option<crate::tls::ServerTls>,
+    /// Durable history, opened by the caller (its errors are start-up errors of their own);
+    /// `None` keeps history in memory only.
+    pub store: Option<Arc<Store>>,
 }
 
 impl Default for ServerConfig {
@@ -69,6 +73,7 @@ impl Default for ServerConfig {
             max_grpc_message_bytes: 4 << 20,
             max_agents: 10_000,
             tls: None,
+            store: None,
         }
     }
 }
@@ -110,8 +115,14 @@ impl RunningServer {
     pub fn start(cfg: ServerConfig) -> Result<Self, ServerError> {
         let directory = Arc::new(AgentDirectory::new(cfg.max_agents));
         let hits = Arc::new(LimitHits::default());
-        let manager = TaskManager::start(cfg.manager.clone(), directory.clone())
-            .map_err(ServerError::Thread)?;
+        let manager = match &cfg.store {
+            Some(store) => {
+                let journal: Arc<dyn Journal> = store.clone();
+                TaskManager::start_durable(cfg.manager.clone(), directory.clone(), journal)
+            }
+            None => TaskManager::start(cfg.manager.clone(), directory.clone()),
+        }
+        .map_err(ServerError::Thread)?;
         let env = Arc::new(EnvBuilder::new().cq_count(2).name_prefix("nl-grpc").build());
         let link = AgentLink::new(
             Arc::new(cfg.agent_tokens.clone()),

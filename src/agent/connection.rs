@@ -17,7 +17,15 @@ use grpcio::{CallOption, ChannelBuilder, Environment, MetadataBuilder, WriteFlag
 
 use super::outbox::Outbox;
 use super::runner::Runner;
-use crate::proto::AgentServiceClient;
+use crate::proto::{task_request, AgentServiceClient};
+
+/// Metadata key in which an agent lists the protocol extensions it speaks.
+pub const FEATURES_KEY: &str = "agent_features";
+/// The extensions this agent speaks: `acks` (numbered responses, kept until acknowledged).
+pub const FEATURES: &str = "acks";
+/// Metadata key naming this agent process, so the server tells a restarted agent's numbers
+/// from a reconnecting one's.
+pub const INSTANCE_KEY: &str = "agent_instance";
 
 /// Where and how the agent connects.
 #[derive(Clone, Debug)]
@@ -38,6 +46,11 @@ pub struct ConnectConfig {
     pub max_message_bytes: usize,
     /// TLS to the server; `None` is plaintext.
     pub tls: Option<crate::tls::AgentTls>,
+    /// This agent process's name for the server (random per process).
+    pub instance: String,
+    /// How long to wait for the server's first message before treating it as an original
+    /// server that does not acknowledge.
+    pub hello_wait: Duration,
 }
 
 impl ConnectConfig {
@@ -52,6 +65,8 @@ impl ConnectConfig {
             keepalive: Duration::from_secs(10),
             max_message_bytes: 4 << 20,
             tls: None,
+            instance: uuid::Uuid::new_v4().to_string(),
+            hello_wait: Duration::from_secs(3),
         }
     }
 }
@@ -163,6 +178,11 @@ fn serve_stream(
         .map_err(|e| e.to_string())?;
     meta.add_str("agent_token", &cfg.token)
         .map_err(|e| e.to_string())?;
+    // Compatible extensions: an original server ignores metadata it does not know.
+    meta.add_str(FEATURES_KEY, FEATURES)
+        .map_err(|e| e.to_string())?;
+    meta.add_str(INSTANCE_KEY, &cfg.instance)
+        .map_err(|e| e.to_string())?;
     let client = AgentServiceClient::new(channel);
     let (mut sink, mut receiver) = client
         .stream_tasks_opt(CallOption::default().headers(meta.build()))
@@ -179,15 +199,36 @@ fn serve_stream(
     // still arrives on a dying stream is handled like any other.
     let alive = Arc::new(AtomicBool::new(true));
     let (why_tx, why_rx) = crossbeam_channel::bounded::<String>(1);
+    // The server's first message says whether it acknowledges: a `ResponseAck` does; anything
+    // else (or silence) means an original server.
+    let (mode_tx, mode_rx) = crossbeam_channel::bounded::<bool>(1);
     {
         let alive = alive.clone();
         let runner = runner.clone();
+        let outbox = outbox.clone();
         std::thread::Builder::new()
             .name("nl-agent-reader".into())
             .spawn(move || {
+                let mut first = true;
                 let why = loop {
                     match block_on(receiver.next()) {
-                        Some(Ok(req)) => runner.handle(req),
+                        Some(Ok(mut req)) => {
+                            let ack = match req.task.take() {
+                                Some(task_request::Task::ResponseAck(a)) => Some(a.upto),
+                                other => {
+                                    req.task = other;
+                                    None
+                                }
+                            };
+                            if first {
+                                first = false;
+                                let _ = mode_tx.try_send(ack.is_some());
+                            }
+                            match ack {
+                                Some(upto) => outbox.ack(upto),
+                                None => runner.handle(req),
+                            }
+                        }
                         Some(Err(e)) => break e.to_string(),
                         None => break "server closed the stream".to_string(),
                     }
@@ -196,6 +237,15 @@ fn serve_stream(
                 let _ = why_tx.send(why);
             })
             .map_err(|e| e.to_string())?;
+    }
+    let acking = mode_rx.recv_timeout(cfg.hello_wait).unwrap_or_default();
+    let resent = outbox.resend_unacked();
+    if acking {
+        log::info!(
+            "The server acknowledges responses; {resent} unacknowledged response(s) sent again"
+        );
+    } else {
+        log::info!("The server does not acknowledge responses; each is sent once");
     }
 
     let mut stopping = false;
@@ -217,6 +267,9 @@ fn serve_stream(
         if let Err(e) = block_on(sink.send((resp.clone(), flags))) {
             outbox.push_front(resp);
             break StreamEnd::Lost(e.to_string());
+        }
+        if acking {
+            outbox.hold(resp);
         }
     };
     Ok(end)

@@ -1,9 +1,16 @@
-//! Responses on their way to the server, kept across reconnections.
+//! Responses on their way to the server, kept across reconnections and, with a server that
+//! acknowledges, until the server says they are durable.
 //!
-//! Task threads push, the connection's writer pops. The queue is bounded in bytes (default
-//! 4 MiB): when it is full a pushing task thread waits, which stops it reading its pipes and
-//! so pauses the command itself, rather than dropping output. A response that could not be
-//! written goes back to the front, so a short network blip loses nothing.
+//! Task threads push, the connection's writer pops. Every response gets this agent process's
+//! next number (`TaskResponse.seq`). On a stream whose server acknowledges (`ResponseAck`),
+//! a written response moves to the unacknowledged list and is forgotten only when an
+//! acknowledgement covers its number; a new stream sends the unacknowledged ones again
+//! first, and the server applies each number once, so a server crash loses nothing. With an
+//! original server (no acknowledgements) a written response is forgotten at once.
+//!
+//! Both lists together are bounded in bytes (default 4 MiB): when full, a pushing task thread
+//! waits, which stops it reading its pipes and so pauses the command itself, rather than
+//! dropping output. A response that could not be written goes back to the front.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -13,7 +20,7 @@ use protobuf::Message;
 
 use crate::proto::TaskResponse;
 
-/// A byte-bounded FIFO of responses.
+/// A byte-bounded FIFO of responses plus those awaiting acknowledgement.
 pub struct Outbox {
     state: Mutex<State>,
     not_empty: Condvar,
@@ -23,7 +30,10 @@ pub struct Outbox {
 
 struct State {
     queue: VecDeque<(TaskResponse, usize)>,
+    unacked: VecDeque<(TaskResponse, usize)>,
     bytes: usize,
+    next_seq: u64,
+    acked: u64,
 }
 
 impl Outbox {
@@ -32,7 +42,10 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                unacked: VecDeque::new(),
                 bytes: 0,
+                next_seq: 1,
+                acked: 0,
             }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
@@ -40,13 +53,15 @@ impl Outbox {
         }
     }
 
-    /// Queues a response, waiting while the outbox is full (one response always fits).
-    pub fn push(&self, resp: TaskResponse) {
-        let size = resp.compute_size() as usize;
+    /// Numbers and queues a response, waiting while the outbox is full (one always fits).
+    pub fn push(&self, mut resp: TaskResponse) {
         let mut st = self.state.lock();
-        while !st.queue.is_empty() && st.bytes + size > self.cap_bytes {
+        let size = resp.compute_size() as usize + 10;
+        while (!st.queue.is_empty() || !st.unacked.is_empty()) && st.bytes + size > self.cap_bytes {
             self.not_full.wait(&mut st);
         }
+        resp.seq = st.next_seq;
+        st.next_seq += 1;
         st.bytes += size;
         st.queue.push_back((resp, size));
         self.not_empty.notify_one();
@@ -73,14 +88,65 @@ impl Outbox {
         Some((resp, !st.queue.is_empty()))
     }
 
-    /// Responses queued now.
-    pub fn len(&self) -> usize {
-        self.state.lock().queue.len()
+    /// Keeps a written response until an acknowledgement covers it.
+    pub fn hold(&self, resp: TaskResponse) {
+        let mut st = self.state.lock();
+        if resp.seq <= st.acked {
+            return; // acknowledged before the writer got here
+        }
+        let size = resp.compute_size() as usize;
+        st.bytes += size;
+        st.unacked.push_back((resp, size));
     }
 
-    /// True when nothing is queued.
+    /// The server holds every response numbered up to `upto`: forget them.
+    pub fn ack(&self, upto: u64) {
+        let mut st = self.state.lock();
+        st.acked = st.acked.max(upto);
+        let mut freed = 0;
+        while st.unacked.front().is_some_and(|(r, _)| r.seq <= upto) {
+            if let Some((_, size)) = st.unacked.pop_front() {
+                freed += size;
+            }
+        }
+        // A response acknowledged while it waited to be rewritten is not sent again.
+        let before = st.queue.len();
+        st.queue.retain(|(r, size)| {
+            let keep = r.seq == 0 || r.seq > upto;
+            if !keep {
+                freed += size;
+            }
+            keep
+        });
+        if st.queue.len() != before || freed > 0 {
+            st.bytes -= freed;
+            self.not_full.notify_all();
+        }
+    }
+
+    /// A new stream: the unacknowledged responses go out again first, in order.
+    pub fn resend_unacked(&self) -> usize {
+        let mut st = self.state.lock();
+        let n = st.unacked.len();
+        while let Some(entry) = st.unacked.pop_back() {
+            st.queue.push_front(entry);
+        }
+        if n > 0 {
+            self.not_empty.notify_one();
+        }
+        n
+    }
+
+    /// Responses queued or awaiting acknowledgement now.
+    pub fn len(&self) -> usize {
+        let st = self.state.lock();
+        st.queue.len() + st.unacked.len()
+    }
+
+    /// True when nothing is queued or awaiting acknowledgement.
     pub fn is_empty(&self) -> bool {
-        self.state.lock().queue.is_empty()
+        let st = self.state.lock();
+        st.queue.is_empty() && st.unacked.is_empty()
     }
 }
 
@@ -95,6 +161,10 @@ mod tests {
         r
     }
 
+    fn drain(ob: &Outbox) -> Vec<(String, u64)> {
+        std::iter::from_fn(|| ob.pop(Duration::ZERO).map(|(r, _)| (r.task_id, r.seq))).collect()
+    }
+
     #[test]
     fn keeps_order_and_puts_failed_writes_back_in_front() {
         let ob = Outbox::new(1 << 20);
@@ -104,9 +174,74 @@ mod tests {
         assert_eq!(first.task_id, "a");
         assert!(more);
         ob.push_front(first);
-        let order: Vec<String> =
-            std::iter::from_fn(|| ob.pop(Duration::ZERO).map(|(r, _)| r.task_id)).collect();
+        let order: Vec<String> = drain(&ob).into_iter().map(|(t, _)| t).collect();
         assert_eq!(order, vec!["a", "b"]);
+    }
+
+    #[test]
+    fn responses_are_numbered_from_one_in_push_order() {
+        let ob = Outbox::new(1 << 20);
+        for t in ["a", "b", "c"] {
+            ob.push(resp(t));
+        }
+        assert_eq!(
+            drain(&ob),
+            vec![("a".into(), 1), ("b".into(), 2), ("c".into(), 3)]
+        );
+    }
+
+    #[test]
+    fn unacknowledged_responses_are_sent_again_first_and_acknowledged_ones_never() {
+        let ob = Outbox::new(1 << 20);
+        for t in ["a", "b", "c", "d"] {
+            ob.push(resp(t));
+        }
+        // Written a, b, c on a stream that acknowledges; only a was acknowledged.
+        for _ in 0..3 {
+            let (r, _) = ob.pop(Duration::ZERO).expect("queued");
+            ob.hold(r);
+        }
+        ob.ack(1);
+        assert_eq!(ob.len(), 3);
+        assert_eq!(ob.resend_unacked(), 2);
+        assert_eq!(
+            drain(&ob),
+            vec![("b".into(), 2), ("c".into(), 3), ("d".into(), 4)]
+        );
+        // An acknowledgement that arrives before the writer holds the response wins.
+        ob.ack(4);
+        ob.hold(resp_with_seq("d", 4));
+        assert!(ob.is_empty());
+    }
+
+    fn resp_with_seq(task: &str, seq: u64) -> TaskResponse {
+        let mut r = resp(task);
+        r.seq = seq;
+        r
+    }
+
+    #[test]
+    fn an_acknowledgement_frees_room_for_waiting_producers() {
+        let ob = Arc::new(Outbox::new(64));
+        ob.push(resp("first-padding-padding-padding"));
+        let (r, _) = ob.pop(Duration::ZERO).expect("queued");
+        ob.hold(r);
+        let producer = {
+            let ob = ob.clone();
+            std::thread::spawn(move || ob.push(resp("second-padding-padding-padding-padding")))
+        };
+        // The producer waits: the unacknowledged response still counts against the bound.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !producer.is_finished(),
+            "the bound ignored unacknowledged bytes"
+        );
+        ob.ack(1);
+        producer.join().expect("producer");
+        assert_eq!(
+            drain(&ob),
+            vec![("second-padding-padding-padding-padding".into(), 2)]
+        );
     }
 
     #[test]

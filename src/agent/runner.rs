@@ -96,6 +96,8 @@ impl Runner {
             }
             Some(task_request::Task::TaskCancel(cancel)) => self.cancel(&task_id, cancel.reason),
             Some(task_request::Task::LogMessage(m)) => log::info!("Server says: {}", m.msg),
+            // Acknowledgements are the connection's business; one that gets here is stray.
+            Some(task_request::Task::ResponseAck(_)) => {}
             None => log::warn!("Ignored an empty request for task {task_id}"),
         }
     }

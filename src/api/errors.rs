@@ -29,6 +29,15 @@ impl From<TaskError> for ApiError {
                 .with_details(json!({ "max_tasks": max_tasks }))
                 .with_limit(Limit::Tasks),
             TaskError::ShuttingDown => ApiError::service_unavailable(msg, None),
+            TaskError::StorageUnavailable { task_id, .. } => {
+                let e = ApiError::service_unavailable(msg, None);
+                match task_id {
+                    Some(id) => {
+                        e.with_details(json!({ "task_id": id.to_string(), "status": "failed" }))
+                    }
+                    None => e,
+                }
+            }
         }
     }
 }

@@ -13,7 +13,9 @@ use super::{stream, ApiState};
 use crate::http::request::{read_json_object, require_bearer, Query};
 use crate::http::{respond, ApiError, Params};
 use crate::limits::Limit;
-use crate::tasks::{TaskFilter, TaskId, TaskStatus};
+use std::sync::Arc;
+
+use crate::tasks::{Origin, TaskFilter, TaskId, TaskStatus, MAX_LIST_LIMIT};
 
 /// Answers one request and records it in the metrics; the HTTP workers' handler.
 pub fn handle(state: &ApiState, req: Request) {
@@ -56,26 +58,22 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
         }
         Route::Metrics => return (label, metrics(state, req)),
         Route::Health => Ok(json!({"status": "ok"})),
-        Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
-        Route::Ready => Err(ApiError::service_unavailable(
-            "not ready: starting or shutting down",
-            None,
-        )),
+        Route::Ready => ready(state),
         Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
             .and_then(|b| shell_task(&b))
-            .and_then(|t| create(state, t)),
+            .and_then(|t| create(state, t, origin(&req))),
         Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
             .and_then(|b| docker_task(&b))
-            .and_then(|t| create(state, t)),
+            .and_then(|t| create(state, t, origin(&req))),
         Route::ListTasks => list_tasks(state, &query, None),
         Route::GetTask => task_id(&route.params).and_then(|id| {
             state
                 .manager
-                .get_task(id)
+                .lookup_task(id)?
                 .map(|t| detail_json(&t))
                 .ok_or_else(|| not_found(id))
         }),
-        Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id)),
+        Route::CancelTask => task_id(&route.params).and_then(|id| cancel(state, id, origin(&req))),
         Route::ListAgents => Ok(list_agents(state)),
         Route::AgentTasks => agent_tasks(state, &route.params, &query),
     };
@@ -127,16 +125,49 @@ fn task_id(params: &Params) -> Result<TaskId, ApiError> {
         .map_err(|_| ApiError::not_found("task not found").with_details(json!({ "task_id": raw })))
 }
 
+/// `GET /readyz`: both listeners up, not stopping, and durable history writable.
+fn ready(state: &ApiState) -> Result<Value, ApiError> {
+    if !state.is_ready() {
+        return Err(ApiError::service_unavailable(
+            "not ready: starting or shutting down",
+            None,
+        ));
+    }
+    if let Some(why) = state.store.as_ref().and_then(|s| s.failure()) {
+        return Err(ApiError::service_unavailable(
+            format!("not ready: storage unavailable: {why}"),
+            None,
+        ));
+    }
+    Ok(json!({"status": "ready"}))
+}
+
+/// Who is asking: the one API token's holder, from the client's address.
+fn origin(req: &Request) -> Origin {
+    Origin {
+        actor: Arc::from(API_TOKEN_NAME),
+        peer: Arc::from(
+            req.remote_addr()
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+                .as_str(),
+        ),
+    }
+}
+
+/// The name the audit trail gives the `--api-token` holder.
+const API_TOKEN_NAME: &str = "api-token";
+
 /// Hands a parsed creation request to the manager and answers with the new task.
-fn create(state: &ApiState, task: NewTask) -> Result<Value, ApiError> {
+fn create(state: &ApiState, task: NewTask, origin: Origin) -> Result<Value, ApiError> {
     let task = state
         .manager
-        .send_task(&task.agent_id, task.spec, task.timeout)?;
+        .send_task_as(&task.agent_id, task.spec, task.timeout, origin)?;
     Ok(created_json(&task))
 }
 
-fn cancel(state: &ApiState, id: TaskId) -> Result<Value, ApiError> {
-    let task = state.manager.cancel_task(id)?;
+fn cancel(state: &ApiState, id: TaskId, origin: Origin) -> Result<Value, ApiError> {
+    let task = state.manager.cancel_task_as(id, origin)?;
     Ok(json!({
         "message": "Task cancelled successfully",
         "task_id": task.id.to_string(),
@@ -161,27 +192,62 @@ fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
                     .with_details(json!({ "parameter": "limit" })),
             )
         }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) if n > MAX_LIST_LIMIT as u64 => {
+            return Err(ApiError::bad_request(format!(
+                "query parameter `limit` must be between 1 and {MAX_LIST_LIMIT}"
+            ))
+            .with_details(json!({ "parameter": "limit" })))
+        }
+        Some(n) => Some(n as usize),
         None => None,
     };
     let agent_id = agent
         .map(str::to_string)
         .or_else(|| query.get("agent_id").map(str::to_string));
+    let cursor = match query.get("cursor") {
+        None => None,
+        Some(c) if valid_cursor(c) => Some(c.to_string()),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "query parameter `cursor` is not a cursor this server handed out; use `next_cursor` of the previous page",
+            )
+            .with_details(json!({ "parameter": "cursor" })))
+        }
+    };
     Ok(TaskFilter {
         status,
         agent_id,
         limit,
+        since: time_param(query, "since")?,
+        until: time_param(query, "until")?,
+        cursor,
     })
 }
 
+/// Cursors come from the store (`t…`) or, in memory only, from the registry (`m…`).
+fn valid_cursor(c: &str) -> bool {
+    crate::store::Store::valid_cursor(c)
+        || c.strip_prefix('m')
+            .is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok())
+}
+
+/// An RFC 3339 UTC time parameter (`2026-12-01T21:00:00Z`).
+fn time_param(query: &Query, key: &str) -> Result<Option<std::time::SystemTime>, ApiError> {
+    match query.get(key) {
+        None => Ok(None),
+        Some(v) => humantime::parse_rfc3339_weak(v).map(Some).map_err(|_| {
+            ApiError::bad_request(format!(
+                "query parameter `{key}` must be an RFC 3339 UTC time such as 2026-12-01T21:00:00Z"
+            ))
+            .with_details(json!({ "parameter": key }))
+        }),
+    }
+}
+
 fn list_tasks(state: &ApiState, query: &Query, agent: Option<&str>) -> Result<Value, ApiError> {
-    let tasks: Vec<Value> = state
-        .manager
-        .list_tasks(&filter(query, agent)?)
-        .iter()
-        .map(summary_json)
-        .collect();
-    Ok(json!({ "tasks": tasks }))
+    let page = state.manager.list_tasks(&filter(query, agent)?)?;
+    let tasks: Vec<Value> = page.tasks.iter().map(summary_json).collect();
+    Ok(json!({ "tasks": tasks, "next_cursor": page.next_cursor }))
 }
 
 fn agent_tasks(state: &ApiState, params: &Params, query: &Query) -> Result<Value, ApiError> {

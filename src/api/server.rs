@@ -37,6 +37,8 @@ pub struct ApiState {
     pub ready: AtomicBool,
     /// Limit hits the handlers count (body size, registry, SSE clients).
     pub hits: Arc<LimitHits>,
+    /// Durable history, whose health `/readyz` reports.
+    pub store: Option<Arc<crate::store::Store>>,
 }
 
 impl ApiState {
@@ -88,6 +90,7 @@ impl ApiServer {
             hub.clone(),
             hits.clone(),
             edge.clone(),
+            cfg.store.clone(),
         );
         let state = Arc::new(ApiState {
             manager,
@@ -100,6 +103,7 @@ impl ApiServer {
             max_body_bytes: cfg.max_body_bytes,
             router,
             hits,
+            store: cfg.store.clone(),
         });
         let http_cfg = HttpConfig {
             addr: cfg.http_addr.to_string(),

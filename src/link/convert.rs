@@ -7,8 +7,13 @@ use crate::proto::{self, docker_operation, task_request, task_response};
 use crate::tasks::{AgentCommand, AgentReport, DockerOp, ReportStatus, TaskSpec};
 
 /// A response from an authenticated agent, in the manager's terms. The agent id comes from
-/// the stream's credentials, never from the message.
-pub fn report_from_response(agent_id: &Arc<str>, resp: proto::TaskResponse) -> AgentReport {
+/// the stream's credentials, never from the message; `instance` is the agent process the
+/// stream announced, if it numbers its responses.
+pub fn report_from_response(
+    agent_id: &Arc<str>,
+    instance: Option<&Arc<str>>,
+    resp: proto::TaskResponse,
+) -> AgentReport {
     let status = match resp.status.enum_value() {
         Ok(task_response::Status::COMPLETED) => ReportStatus::Completed,
         Ok(task_response::Status::FAILURE) => ReportStatus::Failure,
@@ -18,6 +23,10 @@ pub fn report_from_response(agent_id: &Arc<str>, resp: proto::TaskResponse) -> A
     let mut report = AgentReport::new(agent_id.clone(), resp.task_id, status);
     report.is_final = resp.is_final;
     report.cancelled = resp.cancelled;
+    if let Some(instance) = instance.filter(|_| resp.seq > 0) {
+        report.instance = Some(instance.clone());
+        report.seq = resp.seq;
+    }
     match resp.response {
         Some(task_response::Response::ShellExecute(out)) => {
             report.stdout = out.stdout;
@@ -35,6 +44,16 @@ pub fn report_from_response(agent_id: &Arc<str>, resp: proto::TaskResponse) -> A
         None => {}
     }
     report
+}
+
+/// The acknowledgement that agent process's responses up to `upto` are durable.
+pub fn ack_request(agent_id: &str, upto: u64) -> proto::TaskRequest {
+    let mut req = proto::TaskRequest::new();
+    req.agent_id = agent_id.to_string();
+    let mut ack = proto::ResponseAck::new();
+    ack.upto = upto;
+    req.task = Some(task_request::Task::ResponseAck(ack));
+    req
 }
 
 /// The request that carries `command` to agent `agent_id`.
@@ -113,7 +132,7 @@ mod tests {
         out.stdout = "hi\n".into();
         resp.response = Some(task_response::Response::ShellExecute(out));
         let agent: Arc<str> = Arc::from("a1");
-        let rep = report_from_response(&agent, resp);
+        let rep = report_from_response(&agent, None, resp);
         assert_eq!(
             &*rep.agent_id, "a1",
             "identity comes from the stream, not the message"
@@ -127,7 +146,7 @@ mod tests {
     fn an_unknown_enum_number_is_malformed() {
         let mut resp = proto::TaskResponse::new();
         resp.status = protobuf::EnumOrUnknown::from_i32(42);
-        let rep = report_from_response(&Arc::from("a"), resp);
+        let rep = report_from_response(&Arc::from("a"), None, resp);
         assert_eq!(rep.status, ReportStatus::Unknown);
     }
 

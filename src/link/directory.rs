@@ -17,7 +17,7 @@ use std::time::SystemTime;
 use futures::channel::mpsc::{unbounded, UnboundedReceiver, UnboundedSender};
 use parking_lot::RwLock;
 
-use super::convert::request_from_command;
+use super::convert::{ack_request, request_from_command};
 use crate::proto::TaskRequest;
 use crate::tasks::{AgentCommand, AgentGateway, GatewayError};
 
@@ -36,6 +36,8 @@ struct Session {
     id: u64,
     info: AgentInfo,
     tx: UnboundedSender<TaskRequest>,
+    /// The agent process, when it numbers its responses and takes acknowledgements.
+    acking: Option<Arc<str>>,
 }
 
 /// Connected agents by id.
@@ -98,6 +100,17 @@ impl AgentDirectory {
         agent_id: Arc<str>,
         peer: String,
     ) -> Result<Registration, TooManyAgents> {
+        self.register_acking(agent_id, peer, None)
+    }
+
+    /// Like [`AgentDirectory::register`], for an agent process (`acking`) that numbers its
+    /// responses and takes acknowledgements.
+    pub fn register_acking(
+        &self,
+        agent_id: Arc<str>,
+        peer: String,
+        acking: Option<Arc<str>>,
+    ) -> Result<Registration, TooManyAgents> {
         let mut sessions = self.sessions.write();
         if sessions.len() >= self.max_agents && !sessions.contains_key(&agent_id) {
             return Err(TooManyAgents {
@@ -117,6 +130,7 @@ impl AgentDirectory {
                 id: session_id,
                 info,
                 tx,
+                acking,
             },
         );
         Ok(Registration {
@@ -178,6 +192,16 @@ impl AgentGateway for AgentDirectory {
             .tx
             .unbounded_send(request_from_command(agent_id, command))
             .map_err(|_| GatewayError::NotConnected)
+    }
+
+    fn acknowledge(&self, agent_id: &str, instance: &str, seq: u64) {
+        let sessions = self.sessions.read();
+        let Some(session) = sessions.get(agent_id) else {
+            return; // it will learn what is durable when it reconnects
+        };
+        if session.acking.as_deref() == Some(instance) {
+            let _ = session.tx.unbounded_send(ack_request(agent_id, seq));
+        }
     }
 }
 

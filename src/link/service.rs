@@ -19,7 +19,7 @@ use futures::{SinkExt, StreamExt};
 use grpcio::{DuplexSink, RequestStream, RpcContext, RpcStatus, RpcStatusCode, WriteFlags};
 
 use super::auth::AgentTokens;
-use super::convert::report_from_response;
+use super::convert::{ack_request, report_from_response};
 use super::directory::AgentDirectory;
 use crate::limits::{Limit, LimitHits};
 use crate::proto::{AgentService, TaskRequest, TaskResponse};
@@ -48,6 +48,29 @@ impl AgentLink {
             manager,
             hits,
         }
+    }
+
+    /// The agent process, if the agent announced acknowledgements (`agent_features: acks`
+    /// and an `agent_instance`); an original agent sends neither.
+    fn acking_instance(ctx: &RpcContext) -> Option<Arc<str>> {
+        let mut acks = false;
+        let mut instance = None;
+        for (key, value) in ctx.request_headers().iter() {
+            match key {
+                "agent_features" => {
+                    acks = std::str::from_utf8(value)
+                        .is_ok_and(|v| v.split(',').any(|f| f.trim() == "acks"));
+                }
+                "agent_instance" => {
+                    instance = std::str::from_utf8(value)
+                        .ok()
+                        .filter(|v| !v.is_empty() && v.len() <= 64)
+                        .map(Arc::from);
+                }
+                _ => {}
+            }
+        }
+        instance.filter(|_| acks)
     }
 
     fn authenticate(&self, ctx: &RpcContext) -> Result<Arc<str>, &'static str> {
@@ -90,19 +113,26 @@ impl AgentService for AgentLink {
                 return;
             }
         };
-        let reg = match self.directory.register(agent_id.clone(), peer.clone()) {
-            Ok(reg) => reg,
-            Err(full) => {
-                self.hits.hit(Limit::Agents);
-                log::warn!("Refused agent {agent_id} from {peer}: {full}");
-                let status =
-                    RpcStatus::with_message(RpcStatusCode::RESOURCE_EXHAUSTED, full.to_string());
-                ctx.spawn(async move {
-                    let _ = sink.fail(status).await;
-                });
-                return;
-            }
-        };
+        let acking = Self::acking_instance(&ctx);
+        let reg =
+            match self
+                .directory
+                .register_acking(agent_id.clone(), peer.clone(), acking.clone())
+            {
+                Ok(reg) => reg,
+                Err(full) => {
+                    self.hits.hit(Limit::Agents);
+                    log::warn!("Refused agent {agent_id} from {peer}: {full}");
+                    let status = RpcStatus::with_message(
+                        RpcStatusCode::RESOURCE_EXHAUSTED,
+                        full.to_string(),
+                    );
+                    ctx.spawn(async move {
+                        let _ = sink.fail(status).await;
+                    });
+                    return;
+                }
+            };
         self.manager.agent_connected(&agent_id);
         if reg.replaced {
             log::info!("Agent {agent_id} connected from {peer}, replacing its previous stream");
@@ -110,7 +140,14 @@ impl AgentService for AgentLink {
             log::info!("Agent {agent_id} connected from {peer}");
         }
 
-        let mut requests = reg.requests.map(|r| Ok((r, WriteFlags::default())));
+        // An agent that takes acknowledgements first learns which of its responses are
+        // durable already; it sends the others again.
+        let hello = acking.as_ref().map(|instance| {
+            let upto = self.manager.acknowledged_seq(&agent_id, instance);
+            (ack_request(&agent_id, upto), WriteFlags::default())
+        });
+        let mut requests = futures::stream::iter(hello.map(Ok))
+            .chain(reg.requests.map(|r| Ok((r, WriteFlags::default()))));
         let writer_agent = agent_id.clone();
         // Requests queued together leave in one write; `send_all` flushes whenever the queue
         // runs dry, so a lone request is never held back.
@@ -132,7 +169,8 @@ impl AgentService for AgentLink {
             let ending = loop {
                 match stream.next().await {
                     Some(Ok(resp)) => {
-                        if reports.send(report_from_response(&agent_id, resp)).is_err() {
+                        let report = report_from_response(&agent_id, acking.as_ref(), resp);
+                        if reports.send(report).is_err() {
                             break "server shutting down".to_string();
                         }
                     }

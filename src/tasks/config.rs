@@ -29,6 +29,8 @@ pub struct ManagerConfig {
     pub max_timeout: Duration,
     /// Queue length of each event listener.
     pub listener_queue: usize,
+    /// Finished tasks kept in memory (with output) when a journal holds history.
+    pub cache_finished: usize,
 }
 
 impl Default for ManagerConfig {
@@ -46,6 +48,7 @@ impl Default for ManagerConfig {
             min_timeout: Duration::from_secs(1),
             max_timeout: Duration::from_secs(24 * 3600),
             listener_queue: 65_536,
+            cache_finished: 1000,
         }
     }
 }

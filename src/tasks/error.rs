@@ -38,6 +38,22 @@ pub enum TaskError {
     },
     /// The manager is stopping.
     ShuttingDown,
+    /// Durable history cannot be written (disk full, read-only, failing).
+    StorageUnavailable {
+        /// What the store said.
+        reason: String,
+        /// The task that was recorded as failed, if one was created.
+        task_id: Option<TaskId>,
+    },
+}
+
+impl From<super::journal::Unavailable> for TaskError {
+    fn from(e: super::journal::Unavailable) -> Self {
+        TaskError::StorageUnavailable {
+            reason: e.0,
+            task_id: None,
+        }
+    }
 }
 
 impl fmt::Display for TaskError {
@@ -56,6 +72,9 @@ impl fmt::Display for TaskError {
                 "task registry is full ({max_tasks} unfinished tasks); retry when some finish"
             ),
             TaskError::ShuttingDown => write!(f, "the server is shutting down"),
+            TaskError::StorageUnavailable { reason, .. } => {
+                write!(f, "storage unavailable: {reason}")
+            }
         }
     }
 }

@@ -15,4 +15,8 @@ pub enum GatewayError {
 pub trait AgentGateway: Send + Sync + 'static {
     /// Queues `command` on the agent's stream without blocking.
     fn dispatch(&self, agent_id: &str, command: AgentCommand) -> Result<(), GatewayError>;
+
+    /// Tells agent process `instance` that its responses up to `seq` are durable, so it may
+    /// forget them; without blocking, and only if that process is connected and asked for it.
+    fn acknowledge(&self, _agent_id: &str, _instance: &str, _seq: u64) {}
 }

@@ -19,10 +19,11 @@ use super::config::ManagerConfig;
 use super::error::TaskError;
 use super::events::{Coalesce, EventKind, Listener, ListenerSet, TaskEvent};
 use super::gateway::{AgentGateway, GatewayError};
+use super::journal::{AgentProcess, AuditEntry, Change, Committed, Journal, Origin, Page};
 use super::model::{
     AgentCommand, AgentReport, TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus,
 };
-use super::registry::{Registry, Task};
+use super::registry::{Full, Registry, Task};
 use super::response_thread::{self, ReportSink};
 use super::stats::Stats;
 use super::transition::{self, Refusal, Transition, Trigger};
@@ -34,7 +35,12 @@ enum Timer {
     TaskTimeout(TaskId),
     Unroute(TaskId),
     Sweep,
-    AgentGrace { agent_id: Arc<str>, generation: u64 },
+    AgentGrace {
+        agent_id: Arc<str>,
+        generation: u64,
+    },
+    /// After a restart: tasks of an agent that has not connected since fail.
+    RestartGrace(Arc<str>),
 }
 
 /// A task's history as a late-joining or resuming reader gets it.
@@ -66,6 +72,11 @@ struct Inner {
     stopping: AtomicBool,
     sink: ReportSink,
     threads: Mutex<Threads>,
+    /// Durable history; `None` keeps everything in memory only.
+    journal: Option<Arc<dyn Journal>>,
+    /// The highest response number applied per agent process (agent id, instance); touched
+    /// by the response thread, and read when an agent connects.
+    applied: Mutex<HashMap<AgentProcess, u64>>,
 }
 
 #[derive(Default)]
@@ -76,8 +87,27 @@ struct Threads {
 }
 
 impl TaskManager {
-    /// Starts the response and timer threads; agents are reached through `gateway`.
+    /// Starts the response and timer threads, with history in memory only; agents are
+    /// reached through `gateway`.
     pub fn start(cfg: ManagerConfig, gateway: Arc<dyn AgentGateway>) -> std::io::Result<Self> {
+        Self::start_with(cfg, gateway, None)
+    }
+
+    /// Like [`TaskManager::start`], recording every change in `journal` and taking up the
+    /// unfinished tasks it holds from before a restart.
+    pub fn start_durable(
+        cfg: ManagerConfig,
+        gateway: Arc<dyn AgentGateway>,
+        journal: Arc<dyn Journal>,
+    ) -> std::io::Result<Self> {
+        Self::start_with(cfg, gateway, Some(journal))
+    }
+
+    fn start_with(
+        cfg: ManagerConfig,
+        gateway: Arc<dyn AgentGateway>,
+        journal: Option<Arc<dyn Journal>>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = bounded(cfg.response_channel_capacity.max(1));
         let (stop_tx, stop_rx) = bounded(1);
         let stats = Arc::new(Stats::default());
@@ -96,7 +126,7 @@ impl TaskManager {
             gateway,
             timers,
             stats: stats.clone(),
-            global_seq: AtomicU64::new(0),
+            global_seq: AtomicU64::new(journal.as_ref().map_or(0, |j| j.last_global_seq())),
             agent_generations: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
             sink: ReportSink::new(tx, stats),
@@ -104,9 +134,20 @@ impl TaskManager {
                 timer: Some(timer_thread),
                 ..Threads::default()
             }),
+            journal,
+            applied: Mutex::new(HashMap::new()),
             cfg,
         });
         let _ = slot.set(Arc::downgrade(&inner));
+        if let Some(journal) = &inner.journal {
+            let weak = Arc::downgrade(&inner);
+            journal.on_commit(Box::new(move |c: Committed| {
+                if let Some(inner) = weak.upgrade() {
+                    inner.committed(c);
+                }
+            }));
+            inner.reload(journal.as_ref());
+        }
         let applier = inner.clone();
         let responses = response_thread::spawn(rx, stop_rx, move |r| applier.apply_report(r))?;
         {
@@ -165,26 +206,90 @@ impl TaskManager {
         spec: TaskSpec,
         timeout: Option<Duration>,
     ) -> Result<TaskSnapshot, TaskError> {
-        self.inner.send_task(agent_id, spec, timeout)
+        self.send_task_as(agent_id, spec, timeout, Origin::system())
+    }
+
+    /// Like [`TaskManager::send_task`], recording who asked in the task and the audit trail.
+    pub fn send_task_as(
+        &self,
+        agent_id: &str,
+        spec: TaskSpec,
+        timeout: Option<Duration>,
+        origin: Origin,
+    ) -> Result<TaskSnapshot, TaskError> {
+        let result = self.inner.send_task(agent_id, spec, timeout, &origin);
+        let target = match &result {
+            Ok(t) => t.id.to_string(),
+            Err(TaskError::AgentNotConnected { task_id, .. })
+            | Err(TaskError::StorageUnavailable {
+                task_id: Some(task_id),
+                ..
+            }) => task_id.to_string(),
+            Err(_) => format!("agent:{}", agent_id.trim()),
+        };
+        self.inner.audit(origin, "task.create", target, &result);
+        result
     }
 
     /// Cancels an unfinished task and tells its agent to stop it.
     pub fn cancel_task(&self, id: TaskId) -> Result<TaskSnapshot, TaskError> {
-        self.inner.cancel_task(id)
+        self.cancel_task_as(id, Origin::system())
     }
 
-    /// A task with its retained output.
-    pub fn get_task(&self, id: TaskId) -> Option<TaskSnapshot> {
+    /// Like [`TaskManager::cancel_task`], recording who asked in the task and the audit trail.
+    pub fn cancel_task_as(&self, id: TaskId, origin: Origin) -> Result<TaskSnapshot, TaskError> {
+        let result = self.inner.cancel_task(id, &origin);
         self.inner
+            .audit(origin, "task.cancel", id.to_string(), &result);
+        result
+    }
+
+    /// A task with its retained output, from memory or from durable history (`None` also
+    /// when history cannot be read now: see [`TaskManager::lookup_task`]).
+    pub fn get_task(&self, id: TaskId) -> Option<TaskSnapshot> {
+        self.lookup_task(id).ok().flatten()
+    }
+
+    /// A task with its retained output, telling a task that does not exist from history that
+    /// cannot be read now.
+    pub fn lookup_task(&self, id: TaskId) -> Result<Option<TaskSnapshot>, TaskError> {
+        if let Some(t) = self
+            .inner
             .registry
             .read()
             .get(&id)
             .map(|t| t.snapshot(true))
+        {
+            return Ok(Some(t));
+        }
+        match &self.inner.journal {
+            Some(j) => j.task(id).map_err(TaskError::from),
+            None => Ok(None),
+        }
     }
 
-    /// Tasks matching `filter`, newest first, without output.
-    pub fn list_tasks(&self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
-        self.inner.registry.read().list(filter)
+    /// A page of tasks matching `filter`, newest first, without output.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Page, TaskError> {
+        match &self.inner.journal {
+            Some(j) => j.list(filter).map_err(TaskError::from),
+            None => Ok(self.inner.registry.read().list(filter)),
+        }
+    }
+
+    /// The highest response number of agent process `instance` that the agent may forget:
+    /// durable (or, in memory only, applied). Sent to an agent that acknowledges when its
+    /// stream opens.
+    pub fn acknowledged_seq(&self, agent_id: &str, instance: &str) -> u64 {
+        match &self.inner.journal {
+            Some(j) => j.agent_seq(agent_id, instance),
+            None => self
+                .inner
+                .applied
+                .lock()
+                .get(&(Arc::from(agent_id), Arc::from(instance)))
+                .copied()
+                .unwrap_or(0),
+        }
     }
 
     /// Number of tasks held.
@@ -201,13 +306,24 @@ impl TaskManager {
     /// sequence number the history ends at. An `after` beyond the task's newest event (a
     /// client's id from elsewhere) is treated as "up to now", so live events still follow.
     pub fn replay(&self, id: TaskId, after: u64) -> Result<Replay, TaskError> {
-        let reg = self.inner.registry.read();
-        let task = reg.get(&id).ok_or(TaskError::NotFound(id))?;
-        let after = after.min(task.output.last_seq());
+        {
+            let reg = self.inner.registry.read();
+            if let Some(task) = reg.get(&id) {
+                let after = after.min(task.output.last_seq());
+                return Ok(Replay {
+                    events: task.output.replay(task.id, &task.agent_id, after),
+                    finished: task.status.is_final(),
+                    last_seq: task.output.last_seq(),
+                });
+            }
+        }
+        let journal = self.inner.journal.as_ref().ok_or(TaskError::NotFound(id))?;
+        let (events, finished) = journal.events(id, after)?.ok_or(TaskError::NotFound(id))?;
+        let last_seq = events.last().map_or(after, |e| e.task_seq);
         Ok(Replay {
-            events: task.output.replay(task.id, &task.agent_id, after),
-            finished: task.status.is_final(),
-            last_seq: task.output.last_seq(),
+            events,
+            finished,
+            last_seq,
         })
     }
 
@@ -257,6 +373,10 @@ impl TaskManager {
         if let Some(t) = timer {
             let _ = t.join();
         }
+        // What is committed last is still published: the journal stops before the listeners.
+        if let Some(j) = &self.inner.journal {
+            j.shutdown();
+        }
         self.inner.listeners.shutdown();
     }
 }
@@ -267,9 +387,14 @@ impl Inner {
         agent_id: &str,
         spec: TaskSpec,
         timeout: Option<Duration>,
+        origin: &Origin,
     ) -> Result<TaskSnapshot, TaskError> {
         if self.stopping.load(Ordering::SeqCst) {
             return Err(TaskError::ShuttingDown);
+        }
+        if let Some(j) = &self.journal {
+            j.available().map_err(TaskError::from)?;
+            j.throttle();
         }
         let agent_id = agent_id.trim();
         if agent_id.is_empty() {
@@ -290,17 +415,24 @@ impl Inner {
         let id = Uuid::new_v4();
         let agent: Arc<str> = Arc::from(agent_id);
         let kind = spec.kind();
-        {
+        let ticket = {
             let mut reg = self.registry.write();
-            let task = Task::new(
+            let mut task = Task::new(
                 id,
                 agent.clone(),
                 spec.clone(),
                 timeout,
                 self.cfg.max_output_bytes,
             );
+            task.created_by = Some(origin.clone());
             let deadline = Instant::now() + timeout;
-            match reg.insert(task, self.cfg.max_tasks) {
+            let inserted = match &self.journal {
+                // Only unfinished tasks count against the bound; finished ones are in the store.
+                Some(_) if reg.unfinished_len() >= self.cfg.max_tasks => Err(Full),
+                Some(_) => reg.insert(task, self.cfg.max_tasks + self.cfg.cache_finished),
+                None => reg.insert(task, self.cfg.max_tasks),
+            };
+            match inserted {
                 Ok(ins) if ins.evicted > 0 => {
                     self.stats
                         .cleanup_removed
@@ -314,12 +446,13 @@ impl Inner {
                 }
             }
             let key = self.timers.schedule(deadline, Timer::TaskTimeout(id));
+            let mut ticket = 0;
             if let Some(task) = reg.get_mut(&id) {
                 task.timeout_timer = Some(key);
                 let seq = task
                     .output
                     .record_status(task.created_at, TaskStatus::Created, None);
-                self.publish(
+                let event = self.event(
                     task,
                     seq,
                     EventKind::Status {
@@ -327,6 +460,27 @@ impl Inner {
                         reason: None,
                     },
                 );
+                ticket = self.emit(
+                    || {
+                        vec![Change::Created {
+                            task: task.snapshot(false),
+                            origin: origin.clone(),
+                        }]
+                    },
+                    event,
+                );
+            }
+            ticket
+        };
+        // A task acknowledged to its creator survives a crash: it is durable before it runs.
+        if let Some(j) = &self.journal {
+            if let Err(e) = j.wait_durable(ticket) {
+                let mut reg = self.registry.write();
+                self.apply(&mut reg, id, Trigger::SendFailed, Some(e.to_string()));
+                return Err(TaskError::StorageUnavailable {
+                    reason: e.0,
+                    task_id: Some(id),
+                });
             }
         }
         match kind {
@@ -346,9 +500,13 @@ impl Inner {
                     .map(|t| t.snapshot(false))
                     .ok_or(TaskError::NotFound(id))?;
                 drop(reg);
-                if matches!(snapshot.status, TaskStatus::Cancelled | TaskStatus::Timeout) {
+                match snapshot.status {
                     // Cancelled or timed out while the request was on its way: stop it there too.
-                    self.tell_agent_to_stop(agent_id, id, "cancelled by user");
+                    TaskStatus::Cancelled => {
+                        self.tell_agent_to_stop(agent_id, id, "cancelled by user")
+                    }
+                    TaskStatus::Timeout => self.tell_agent_to_stop(agent_id, id, "timeout"),
+                    _ => {}
                 }
                 Ok(snapshot)
             }
@@ -368,10 +526,33 @@ impl Inner {
         }
     }
 
-    fn cancel_task(&self, id: TaskId) -> Result<TaskSnapshot, TaskError> {
+    fn cancel_task(&self, id: TaskId, origin: &Origin) -> Result<TaskSnapshot, TaskError> {
+        if let Some(j) = &self.journal {
+            j.throttle();
+        }
         let (agent, snapshot) = {
             let mut reg = self.registry.write();
-            let task = reg.get(&id).ok_or(TaskError::NotFound(id))?;
+            let Some(task) = reg.get_mut(&id) else {
+                drop(reg);
+                // A task that left memory is finished (or unknown): say which.
+                return match self.journal.as_ref().map(|j| j.task(id)).transpose()? {
+                    Some(Some(t)) => Err(TaskError::AlreadyFinished {
+                        task_id: id,
+                        status: t.status,
+                    }),
+                    _ => Err(TaskError::NotFound(id)),
+                };
+            };
+            if !task.status.is_final() {
+                task.cancelled_by = Some(origin.actor.clone());
+                if self.journal.is_some() {
+                    self.append(vec![Change::CancelledBy {
+                        task_id: id,
+                        origin: origin.clone(),
+                    }]);
+                }
+            }
+            let task = &*task;
             if task.status.is_final() {
                 return Err(TaskError::AlreadyFinished {
                     task_id: id,
@@ -407,9 +588,69 @@ impl Inner {
         }
     }
 
+    /// Whether a numbered response was applied already (an agent sends unacknowledged
+    /// responses again after a reconnect or a server restart); records it as applied if not.
+    fn already_applied(&self, rep: &AgentReport) -> bool {
+        let Some(instance) = rep.instance.as_ref().filter(|_| rep.seq > 0) else {
+            return false;
+        };
+        let mut applied = self.applied.lock();
+        let key = (rep.agent_id.clone(), instance.clone());
+        let last = match applied.get(&key) {
+            Some(last) => *last,
+            None => {
+                // Forget older processes of this agent: only a live one resends.
+                applied.retain(|(agent, _), _| *agent != rep.agent_id);
+                self.journal
+                    .as_ref()
+                    .map_or(0, |j| j.agent_seq(&rep.agent_id, instance))
+            }
+        };
+        if rep.seq <= last {
+            applied.insert(key, last);
+            return true;
+        }
+        applied.insert(key, rep.seq);
+        false
+    }
+
     /// Applies one agent response: the response thread's only job.
     fn apply_report(&self, rep: AgentReport) {
         self.stats.responses.fetch_add(1, Ordering::Relaxed);
+        if self.already_applied(&rep) {
+            self.stats
+                .duplicate_responses
+                .fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "Response {} of agent {} applied before; ignored",
+                rep.seq,
+                rep.agent_id
+            );
+            return;
+        }
+        if let Some(j) = &self.journal {
+            j.throttle();
+        }
+        let numbered = rep
+            .instance
+            .clone()
+            .filter(|_| rep.seq > 0)
+            .map(|instance| (rep.agent_id.clone(), instance, rep.seq));
+        self.apply_report_once(rep);
+        if let Some((agent_id, instance, seq)) = numbered {
+            match &self.journal {
+                Some(_) => self.append(vec![Change::AgentSeq {
+                    agent_id,
+                    instance,
+                    seq,
+                }]),
+                // In memory only, applied is as durable as it gets.
+                None => self.gateway.acknowledge(&agent_id, &instance, seq),
+            }
+        }
+    }
+
+    fn apply_report_once(&self, rep: AgentReport) {
         let Ok(id) = Uuid::parse_str(&rep.task_id) else {
             let why = format!(
                 "Task {:?} not found for response from agent {}",
@@ -459,7 +700,10 @@ impl Inner {
         if rep.exit_code.is_some() {
             task.exit_code = rep.exit_code;
         }
-        let was_truncated = task.output.truncated();
+        let was_truncated = (
+            task.output.stdout_truncated(),
+            task.output.stderr_truncated(),
+        );
         let seq = task.output.record_output(
             now,
             rep.status,
@@ -469,8 +713,25 @@ impl Inner {
             &rep.stderr,
             rep.exit_code,
         );
-        if !was_truncated && task.output.truncated() {
+        let now_truncated = (
+            task.output.stdout_truncated(),
+            task.output.stderr_truncated(),
+        );
+        if was_truncated == (false, false) && now_truncated != (false, false) {
             self.stats.output_truncated.fetch_add(1, Ordering::Relaxed);
+        }
+        if self.journal.is_some() {
+            for (stdout, before, after) in [
+                (true, was_truncated.0, now_truncated.0),
+                (false, was_truncated.1, now_truncated.1),
+            ] {
+                if after && !before {
+                    self.append(vec![Change::Truncated {
+                        task_id: id,
+                        stdout,
+                    }]);
+                }
+            }
         }
         let reason = match step {
             Transition::To(TaskStatus::Failed) => Some(failure_reason(&rep)),
@@ -490,7 +751,7 @@ impl Inner {
             exit_code,
             ..
         } = rep;
-        self.publish(
+        let event = self.event(
             task,
             seq,
             EventKind::Output {
@@ -502,6 +763,7 @@ impl Inner {
                 exit_code,
             },
         );
+        self.emit(Vec::new, event);
         if let Transition::To(new) = step {
             self.set_status(&mut reg, id, new, reason);
         }
@@ -545,7 +807,10 @@ impl Inner {
         }
         let seq = task.output.record_status(now, new, reason.clone());
         let timer = task.timeout_timer.take_if(|_| new.is_final());
-        self.publish(
+        if new.is_final() {
+            task.finished_at = Some(now);
+        }
+        let event = self.event(
             task,
             seq,
             EventKind::Status {
@@ -553,11 +818,21 @@ impl Inner {
                 reason,
             },
         );
+        self.emit(|| vec![Change::Updated(task.snapshot(false))], event);
         if new.is_final() {
             if let Some(key) = timer {
                 self.timers.cancel(key);
             }
             reg.mark_finished(&id);
+            if self.journal.is_some() {
+                // Finished tasks beyond the cache are read back from the store.
+                let evicted = reg.evict_finished_beyond(self.cfg.cache_finished, &id);
+                if evicted > 0 {
+                    self.stats
+                        .cleanup_removed
+                        .fetch_add(evicted as u64, Ordering::Relaxed);
+                }
+            }
             self.stats.count_finished(new);
             if let Some(task) = reg.get(&id) {
                 self.stats
@@ -569,16 +844,116 @@ impl Inner {
         }
     }
 
-    fn publish(&self, task: &Task, task_seq: u64, kind: EventKind) {
-        let event = Arc::new(TaskEvent {
+    /// Numbers a new event of `task`; called under the registry write lock, so numbers follow
+    /// the real order.
+    fn event(&self, task: &Task, task_seq: u64, kind: EventKind) -> Arc<TaskEvent> {
+        Arc::new(TaskEvent {
             global_seq: self.global_seq.fetch_add(1, Ordering::Relaxed) + 1,
             task_seq,
             task_id: task.id,
             agent_id: task.agent_id.clone(),
             at: task.updated_at,
             kind,
-        });
-        self.listeners.publish(&event);
+        })
+    }
+
+    /// Records `changes` (built only when there is a journal) followed by `event`: with a
+    /// journal they are appended and the event is published once durable; without, the event
+    /// is published at once. Called under the registry write lock.
+    fn emit(&self, changes: impl FnOnce() -> Vec<Change>, event: Arc<TaskEvent>) -> u64 {
+        match &self.journal {
+            Some(j) => {
+                let mut all = changes();
+                all.push(Change::Event(event));
+                j.append(all)
+            }
+            None => {
+                self.listeners.publish(&event);
+                0
+            }
+        }
+    }
+
+    /// Appends changes that carry no event (journal only).
+    fn append(&self, changes: Vec<Change>) {
+        if let Some(j) = &self.journal {
+            j.append(changes);
+        }
+    }
+
+    /// What the journal made durable: publish its events, let agents forget its responses.
+    fn committed(&self, c: Committed) {
+        for event in &c.events {
+            self.listeners.publish(event);
+        }
+        for ((agent, instance), seq) in c.acks {
+            self.gateway.acknowledge(&agent, &instance, seq);
+        }
+    }
+
+    /// Records a state-changing request and its outcome in the audit trail (journal only).
+    fn audit(
+        &self,
+        origin: Origin,
+        action: &'static str,
+        target: String,
+        result: &Result<TaskSnapshot, TaskError>,
+    ) {
+        if self.journal.is_none() {
+            return;
+        }
+        let outcome = match result {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        self.append(vec![Change::Audit(AuditEntry {
+            at: SystemTime::now(),
+            origin,
+            action,
+            target,
+            outcome,
+        })]);
+    }
+
+    /// Takes up the unfinished tasks of durable history after a restart: they wait for their
+    /// agents to come back, at most the disconnect grace.
+    fn reload(&self, journal: &dyn Journal) {
+        let tasks = match journal.unfinished() {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("Could not reload unfinished tasks: {e}");
+                return;
+            }
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let grace = now + self.cfg.disconnect_grace;
+        let mut agents: Vec<Arc<str>> = Vec::new();
+        let mut reg = self.registry.write();
+        let count = tasks.len();
+        for r in tasks {
+            let mut task = Task::restore(r, self.cfg.max_output_bytes);
+            let elapsed = task.created_at.elapsed().unwrap_or_default();
+            // The agent may have finished it meanwhile: give it the grace to say so.
+            let deadline = (now + task.timeout.saturating_sub(elapsed)).max(grace);
+            task.timeout_timer = Some(self.timers.schedule(deadline, Timer::TaskTimeout(task.id)));
+            if !agents.contains(&task.agent_id) {
+                agents.push(task.agent_id.clone());
+            }
+            // Reloaded tasks are few (the unfinished ones); none is refused for room.
+            let _ = reg.insert(task, usize::MAX);
+        }
+        drop(reg);
+        log::warn!(
+            "Reloaded {count} unfinished task(s) of {} agent(s); they have {} to come back",
+            agents.len(),
+            humantime::format_duration(self.cfg.disconnect_grace)
+        );
+        for agent in agents {
+            self.timers.schedule(grace, Timer::RestartGrace(agent));
+        }
     }
 
     fn on_timer(&self, timer: Timer) {
@@ -606,6 +981,27 @@ impl Inner {
                 if !self.stopping.load(Ordering::SeqCst) {
                     self.timers
                         .schedule_after(self.cfg.cleanup_interval, Timer::Sweep);
+                }
+            }
+            Timer::RestartGrace(agent_id) => {
+                if self.agent_generations.lock().contains_key(&agent_id) {
+                    return; // it connected since the restart: its own grace applies
+                }
+                let mut reg = self.registry.write();
+                let lost = reg.unfinished_of(&agent_id);
+                for id in &lost {
+                    self.apply(
+                        &mut reg,
+                        *id,
+                        Trigger::AgentLost,
+                        Some("agent did not return after server restart".into()),
+                    );
+                }
+                if !lost.is_empty() {
+                    log::warn!(
+                        "Agent {agent_id} did not return after the restart; {} task(s) failed",
+                        lost.len()
+                    );
                 }
             }
             Timer::AgentGrace {

@@ -418,6 +418,8 @@ fn lists_are_newest_first_and_filtered() {
     m.cancel_task(ids[4]).expect("cancel");
     let all: Vec<TaskId> = m
         .list_tasks(&TaskFilter::default())
+        .expect("lists")
+        .tasks
         .iter()
         .map(|t| t.id)
         .collect();
@@ -427,23 +429,42 @@ fn lists_are_newest_first_and_filtered() {
             agent_id: Some("a2".into()),
             ..TaskFilter::default()
         })
+        .expect("lists")
+        .tasks
         .iter()
         .map(|t| t.id)
         .collect();
     assert_eq!(a2, vec![ids[3], ids[1]]);
-    let cancelled = m.list_tasks(&TaskFilter {
-        status: Some(TaskStatus::Cancelled),
-        ..TaskFilter::default()
-    });
-    assert_eq!(cancelled.len(), 1);
-    assert_eq!(
-        m.list_tasks(&TaskFilter {
+    let cancelled = m
+        .list_tasks(&TaskFilter {
+            status: Some(TaskStatus::Cancelled),
+            ..TaskFilter::default()
+        })
+        .expect("lists");
+    assert_eq!(cancelled.tasks.len(), 1);
+    let first = m
+        .list_tasks(&TaskFilter {
             limit: Some(2),
             ..TaskFilter::default()
         })
-        .len(),
-        2
-    );
+        .expect("lists");
+    assert_eq!(first.tasks.len(), 2);
+    // The cursor continues where the page ended, and the last page says so.
+    let rest = m
+        .list_tasks(&TaskFilter {
+            limit: Some(10),
+            cursor: first.next_cursor.clone(),
+            ..TaskFilter::default()
+        })
+        .expect("lists");
+    let paged: Vec<TaskId> = first
+        .tasks
+        .iter()
+        .chain(&rest.tasks)
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(paged, ids.iter().rev().copied().collect::<Vec<_>>());
+    assert!(rest.next_cursor.is_none());
     m.shutdown();
 }
 
@@ -587,9 +608,20 @@ fn stress_every_task_ends_in_the_state_its_history_implies() {
     }
     let total = (THREADS * PER) as u64;
     wait_for("every task final", Duration::from_secs(120), || {
-        m.list_tasks(&TaskFilter::default())
-            .iter()
-            .all(|t| t.status.is_final())
+        m.list_tasks(&TaskFilter {
+            status: Some(TaskStatus::Created),
+            ..TaskFilter::default()
+        })
+        .is_ok_and(|p| p.tasks.is_empty())
+            && [TaskStatus::Sent, TaskStatus::InProgress]
+                .into_iter()
+                .all(|st| {
+                    m.list_tasks(&TaskFilter {
+                        status: Some(st),
+                        ..TaskFilter::default()
+                    })
+                    .is_ok_and(|p| p.tasks.is_empty())
+                })
     });
     assert_eq!(counter.load(Ordering::Relaxed), total);
     let expected = expected.lock();

@@ -11,6 +11,7 @@ mod config;
 mod error;
 mod events;
 mod gateway;
+mod journal;
 mod manager;
 mod model;
 mod output;
@@ -23,10 +24,14 @@ pub use config::ManagerConfig;
 pub use error::TaskError;
 pub use events::{Coalesce, Delivery, EventKind, Listener, TaskEvent};
 pub use gateway::{AgentGateway, GatewayError};
+pub use journal::{
+    AfterCommit, AgentProcess, AuditEntry, Change, Committed, Journal, Origin, Page, Reloaded,
+    Ticket, Unavailable,
+};
 pub use manager::{Replay, TaskManager};
 pub use model::{
     AgentCommand, AgentReport, DockerOp, OutputSnapshot, ReportStatus, TaskFilter, TaskId,
-    TaskSnapshot, TaskSpec, TaskStatus,
+    TaskSnapshot, TaskSpec, TaskStatus, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
 };
 pub use response_thread::ReportSink;
 pub use stats::{DurationHistogram, Stats, DURATION_BUCKETS};

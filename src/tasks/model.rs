@@ -204,6 +204,10 @@ pub struct AgentReport {
     pub exit_code: Option<i32>,
     /// The agent's acknowledgement text for a cancel.
     pub cancel_message: Option<String>,
+    /// The agent process that numbered it (agents that announce acknowledgements).
+    pub instance: Option<Arc<str>>,
+    /// Its number within that process, from 1; 0 when unnumbered (original agents).
+    pub seq: u64,
 }
 
 impl AgentReport {
@@ -219,6 +223,8 @@ impl AgentReport {
             stderr: String::new(),
             exit_code: None,
             cancel_message: None,
+            instance: None,
+            seq: 0,
         }
     }
 }
@@ -265,6 +271,12 @@ pub struct TaskSnapshot {
     pub exit_code: Option<i32>,
     /// Why it failed, timed out or was cancelled.
     pub error: Option<String>,
+    /// The name of the API token that created it.
+    pub created_by: Option<String>,
+    /// The address it was created from.
+    pub created_from: Option<String>,
+    /// The name of the API token that cancelled it.
+    pub cancelled_by: Option<String>,
     /// Retained output; `None` in list snapshots.
     pub output: Option<OutputSnapshot>,
 }
@@ -282,6 +294,11 @@ pub struct OutputSnapshot {
     pub stderr_truncated: bool,
 }
 
+/// Tasks a list returns when the client names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+/// The largest `limit` a list accepts.
+pub const MAX_LIST_LIMIT: usize = 1000;
+
 /// Filters for listing tasks; all optional.
 #[derive(Clone, Debug, Default)]
 pub struct TaskFilter {
@@ -291,4 +308,10 @@ pub struct TaskFilter {
     pub agent_id: Option<String>,
     /// At most this many, newest first.
     pub limit: Option<usize>,
+    /// Only tasks created at or after this time.
+    pub since: Option<SystemTime>,
+    /// Only tasks created before this time.
+    pub until: Option<SystemTime>,
+    /// Where a page starts: the `next_cursor` of the page before.
+    pub cursor: Option<String>,
 }

@@ -178,15 +178,25 @@ impl OutputLog {
         seq
     }
 
+    /// Continues numbering after `seq` (a task taken up again after a restart).
+    pub fn resume_after(&mut self, seq: u64) {
+        self.next_seq = self.next_seq.max(seq + 1);
+    }
+
     fn take_seq(&mut self) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         seq
     }
 
-    /// Whether either stream has dropped bytes (for the `output_bytes` limit counter).
-    pub fn truncated(&self) -> bool {
-        self.stdout.truncated() || self.stderr.truncated()
+    /// Whether stdout has dropped bytes.
+    pub fn stdout_truncated(&self) -> bool {
+        self.stdout.truncated()
+    }
+
+    /// Whether stderr has dropped bytes.
+    pub fn stderr_truncated(&self) -> bool {
+        self.stderr.truncated()
     }
 
     /// The retained output for readers.

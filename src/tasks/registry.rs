@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::model::{TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus};
+use super::journal::{Origin, Page, Reloaded};
+use super::model::{TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus, DEFAULT_LIST_LIMIT};
 use super::output::OutputLog;
 use crate::timer::TimerKey;
 
@@ -39,6 +40,10 @@ pub struct Task {
     pub output: OutputLog,
     /// Pending timeout timer.
     pub timeout_timer: Option<TimerKey>,
+    /// Who created it.
+    pub created_by: Option<Origin>,
+    /// The name of the token that cancelled it.
+    pub cancelled_by: Option<Arc<str>>,
     order: u64,
     finish_order: Option<u64>,
 }
@@ -67,6 +72,57 @@ impl Task {
             error: None,
             output: OutputLog::new(output_cap),
             timeout_timer: None,
+            created_by: None,
+            cancelled_by: None,
+            order: 0,
+            finish_order: None,
+        }
+    }
+
+    /// An unfinished task taken up again from durable history, its output and event
+    /// numbering rebuilt from its stored events.
+    pub fn restore(r: Reloaded, output_cap: usize) -> Self {
+        let t = r.task;
+        let mut output = OutputLog::new(output_cap);
+        for e in r.events {
+            output.resume_after(e.task_seq.saturating_sub(1));
+            match e.kind {
+                super::events::EventKind::Status { status, reason } => {
+                    output.record_status(e.at, status, reason);
+                }
+                super::events::EventKind::Output {
+                    status,
+                    is_final,
+                    cancelled,
+                    stdout,
+                    stderr,
+                    exit_code,
+                } => {
+                    output.record_output(
+                        e.at, status, is_final, cancelled, &stdout, &stderr, exit_code,
+                    );
+                }
+            }
+        }
+        Task {
+            id: t.id,
+            agent_id: t.agent_id,
+            spec: t.spec,
+            status: t.status,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            finished_at: None,
+            finished_instant: None,
+            timeout: t.timeout,
+            exit_code: t.exit_code,
+            error: t.error.map(Arc::from),
+            output,
+            timeout_timer: None,
+            created_by: t.created_by.map(|actor| Origin {
+                actor: Arc::from(actor),
+                peer: Arc::from(t.created_from.unwrap_or_default()),
+            }),
+            cancelled_by: t.cancelled_by.map(Arc::from),
             order: 0,
             finish_order: None,
         }
@@ -85,6 +141,9 @@ impl Task {
             timeout: self.timeout,
             exit_code: self.exit_code,
             error: self.error.as_ref().map(|e| e.to_string()),
+            created_by: self.created_by.as_ref().map(|o| o.actor.to_string()),
+            created_from: self.created_by.as_ref().map(|o| o.peer.to_string()),
+            cancelled_by: self.cancelled_by.as_ref().map(|c| c.to_string()),
             output: with_output.then(|| self.output.snapshot()),
         }
     }
@@ -115,6 +174,30 @@ impl Registry {
     /// Number of tasks held.
     pub fn len(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Number of unfinished tasks held.
+    pub fn unfinished_len(&self) -> usize {
+        self.tasks.len() - self.by_finish.len()
+    }
+
+    /// Evicts the oldest finished tasks until at most `keep` remain, sparing `spare` (just
+    /// finished: its final event may still be on its way to durable history); returns how
+    /// many left.
+    pub fn evict_finished_beyond(&mut self, keep: usize, spare: &TaskId) -> usize {
+        let mut evicted = 0;
+        while self.by_finish.len() > keep {
+            let Some((_, oldest)) = self.by_finish.first_key_value() else {
+                break;
+            };
+            let oldest = *oldest;
+            if oldest == *spare {
+                break;
+            }
+            self.remove(&oldest);
+            evicted += 1;
+        }
+        evicted
     }
 
     /// Adds a task, evicting the oldest finished ones when `max` are held; refuses when
@@ -203,18 +286,34 @@ impl Registry {
             .collect()
     }
 
-    /// Snapshots matching `filter`, newest first.
-    pub fn list(&self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
-        let limit = filter.limit.unwrap_or(usize::MAX);
-        self.by_creation
-            .values()
+    /// A page of snapshots matching `filter`, newest first; the cursor is the creation order
+    /// of the page's last task.
+    pub fn list(&self, filter: &TaskFilter) -> Page {
+        let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        let below = filter
+            .cursor
+            .as_deref()
+            .and_then(|c| c.strip_prefix('m'))
+            .and_then(|c| u64::from_str_radix(c, 16).ok())
+            .unwrap_or(u64::MAX);
+        let mut page = Page::default();
+        let mut matching = self
+            .by_creation
+            .range(..below)
             .rev()
-            .filter_map(|id| self.tasks.get(id))
-            .filter(|t| filter.status.is_none_or(|s| t.status == s))
-            .filter(|t| filter.agent_id.as_deref().is_none_or(|a| &*t.agent_id == a))
-            .take(limit)
-            .map(|t| t.snapshot(false))
-            .collect()
+            .filter_map(|(order, id)| Some((*order, self.tasks.get(id)?)))
+            .filter(|(_, t)| filter.status.is_none_or(|s| t.status == s))
+            .filter(|(_, t)| filter.agent_id.as_deref().is_none_or(|a| &*t.agent_id == a))
+            .filter(|(_, t)| filter.since.is_none_or(|s| t.created_at >= s))
+            .filter(|(_, t)| filter.until.is_none_or(|u| t.created_at < u));
+        for (order, t) in matching.by_ref().take(limit) {
+            page.tasks.push(t.snapshot(false));
+            page.next_cursor = Some(format!("m{order:x}"));
+        }
+        if matching.next().is_none() {
+            page.next_cursor = None;
+        }
+        page
     }
 
     /// Removes finished tasks that finished before `cutoff`; returns how many.

@@ -23,6 +23,8 @@ pub struct Stats {
     pub unknown_responses: AtomicU64,
     /// Responses with status UNKNOWN.
     pub malformed_responses: AtomicU64,
+    /// Numbered responses an agent sent again that were applied before (after a reconnect).
+    pub duplicate_responses: AtomicU64,
     /// Times a producer found the response channel full and waited.
     pub backpressure_waits: AtomicU64,
     /// Total nanoseconds producers waited on a full response channel.

@@ -144,6 +144,9 @@ pub struct ServerOpts {
     pub nofile: Option<u64>,
     /// Pass `API_TOKEN` in a file (`--api-token-file`) instead of on the command line.
     pub api_token_file: bool,
+    /// The data directory; `None`: a fresh one inside the server's scratch directory
+    /// (ignored when `extra` asks for `--in-memory`).
+    pub data_dir: Option<PathBuf>,
 }
 
 impl Default for ServerOpts {
@@ -155,6 +158,7 @@ impl Default for ServerOpts {
             grpc_addr: "127.0.0.1:0".into(),
             nofile: None,
             api_token_file: false,
+            data_dir: None,
         }
     }
 }
@@ -193,6 +197,10 @@ impl Server {
             cmd.arg("--api-token-file").arg(&token_file);
         } else {
             cmd.args(["--api-token", API_TOKEN]);
+        }
+        if !opts.extra.iter().any(|a| a == "--in-memory") {
+            let data = opts.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+            cmd.arg("--data-dir").arg(data);
         }
         cmd.args(&opts.extra).env("RUST_LOG", "info");
         if let Some(n) = opts.nofile {

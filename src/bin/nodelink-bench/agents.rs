@@ -350,7 +350,7 @@ impl AgentPool {
                         let resp = output(&agent, task_id, text);
                         // Flush every 32 messages; buffer the rest so gRPC can batch them.
                         n += 1;
-                        let flags = WriteFlags::default().buffer_hint(n % 32 != 0);
+                        let flags = WriteFlags::default().buffer_hint(!n.is_multiple_of(32));
                         if let Err(e) = sink.feed((resp, flags)).await {
                             failed = Some(e.to_string());
                             break 'outer;

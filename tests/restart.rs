@@ -1,0 +1,228 @@
+//! Durable history across restarts: a server killed with SIGKILL while agents run tasks comes
+//! back on the same data directory, takes the tasks up again, and every task ends in its true
+//! final state with every line of output exactly once, in order.
+
+mod support;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::fake_agent::FakeAgent;
+use support::{create_shell, free_addr, wait_final, wait_until, Server, ServerOpts, TempDir};
+
+const LINES: usize = 60;
+
+fn opts(data: &TempDir, http: &str, grpc: &str) -> ServerOpts {
+    ServerOpts {
+        http_addr: http.to_string(),
+        grpc_addr: grpc.to_string(),
+        data_dir: Some(data.join("data")),
+        ..ServerOpts::default()
+    }
+}
+
+fn expected_output() -> String {
+    (1..=LINES).map(|i| format!("line{i}\n")).collect()
+}
+
+#[test]
+fn tasks_running_through_a_sigkill_end_completed_with_every_line_once() {
+    let data = TempDir::new("restart");
+    let (http, grpc) = (free_addr(), free_addr());
+    let mut server = Server::start_with(opts(&data, &http, &grpc));
+    let _a1 = server.agent("a1", "t1");
+    let _a2 = server.agent("a2", "t2");
+    let c = server.client();
+    let cmd = format!("for i in $(seq 1 {LINES}); do echo line$i; sleep 0.05; done");
+    let ids: Vec<String> = (0..50)
+        .map(|i| create_shell(&c, if i % 2 == 0 { "a1" } else { "a2" }, &cmd))
+        .collect();
+    // One SSE client per some tasks, reading until the server dies.
+    let watched: Vec<String> = ids.iter().take(3).cloned().collect();
+    let mut streams: Vec<_> = watched
+        .iter()
+        .map(|id| c.sse(&format!("/stream?ref={id}"), None))
+        .collect();
+    let mut seen: Vec<Vec<support::http::Event>> = vec![Vec::new(); watched.len()];
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(1) {
+        for (s, got) in streams.iter_mut().zip(seen.iter_mut()) {
+            if let Some(e) = s.next_event(Duration::from_secs(5)) {
+                got.push(e);
+            }
+        }
+    }
+    server.proc.signal(libc::SIGKILL);
+    server
+        .proc
+        .child
+        .wait()
+        .expect("the killed server is reaped");
+    for (s, got) in streams.iter_mut().zip(seen.iter_mut()) {
+        // Whatever was in flight before the kill.
+        while let Some(e) = s.next_event(Duration::from_secs(5)) {
+            got.push(e);
+        }
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let server = Server::start_with(opts(&data, &http, &grpc));
+    let c = server.client();
+    for id in &ids {
+        let t = wait_final(&c, id, Duration::from_secs(60));
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["exit_code"], 0, "{t}");
+        assert_eq!(t["stdout"], expected_output(), "task {id}: {t}");
+    }
+    // Resuming each stream with its last event id gives exactly the events not seen yet.
+    for (id, got) in watched.iter().zip(seen.iter()) {
+        let last = got.iter().rev().find_map(|e| e.id.clone());
+        let mut rest = c.sse(&format!("/stream?ref={id}"), last.as_deref());
+        let more = rest.collect_until_end(Duration::from_secs(30));
+        let all: Vec<&support::http::Event> = got.iter().chain(more.iter()).collect();
+        let mut ids_seen = HashSet::new();
+        for e in &all {
+            if let Some(i) = &e.id {
+                assert!(ids_seen.insert(i.clone()), "event id {i} delivered twice");
+            }
+        }
+        let text: String = all
+            .iter()
+            .filter(|e| e.event == "response")
+            .map(|e| e.json()["stdout"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(text, expected_output(), "task {id} as its stream told it");
+        let final_status = all
+            .iter()
+            .rev()
+            .find(|e| e.event == "status")
+            .map(|e| e.json()["status"].clone());
+        assert_eq!(final_status, Some(Value::from("completed")));
+    }
+}
+
+#[test]
+fn history_survives_a_clean_restart_and_pages_exactly_once() {
+    let data = TempDir::new("history");
+    let (http, grpc) = (free_addr(), free_addr());
+    let ids: Vec<String> = {
+        let server = Server::start_with(opts(&data, &http, &grpc));
+        let _a1 = server.agent("a1", "t1");
+        let c = server.client();
+        let ids: Vec<String> = (0..30)
+            .map(|i| create_shell(&c, "a1", &format!("echo out{i}; echo err{i} >&2")))
+            .collect();
+        for id in &ids {
+            wait_final(&c, id, Duration::from_secs(30));
+        }
+        let mut server = server;
+        server.proc.signal(libc::SIGTERM);
+        assert_eq!(server.proc.wait_exit(Duration::from_secs(20)), Some(0));
+        ids
+    };
+    let server = Server::start_with(opts(&data, &http, &grpc));
+    let c = server.client();
+    for (i, id) in ids.iter().enumerate() {
+        let t = c.get(&format!("/tasks/{id}")).json();
+        assert_eq!(t["status"], "completed", "{t}");
+        assert_eq!(t["stdout"], format!("out{i}\n"), "{t}");
+        assert_eq!(t["stderr"], format!("err{i}\n"), "{t}");
+        let events = c
+            .sse(&format!("/stream?ref={id}"), None)
+            .collect_until_end(Duration::from_secs(10));
+        assert!(events.iter().any(|e| e.event == "response"), "{events:?}");
+    }
+    let mut listed = Vec::new();
+    let mut path = "/tasks?limit=7".to_string();
+    for _ in 0..20 {
+        let page = c.get(&path).json();
+        for t in page["tasks"].as_array().expect("tasks") {
+            listed.push(t["task_id"].as_str().expect("id").to_string());
+        }
+        match page["next_cursor"].as_str() {
+            Some(cur) => path = format!("/tasks?limit=7&cursor={cur}"),
+            None => break,
+        }
+    }
+    let want: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(listed, want);
+}
+
+#[test]
+fn an_original_agent_runs_tasks_and_never_sees_an_acknowledgement() {
+    let data = TempDir::new("original");
+    let server = Server::start_with(opts(&data, &free_addr(), &free_addr()));
+    let mut agent = FakeAgent::connect(&server.grpc, "a1", "t1");
+    server.wait_agent("a1", true);
+    let c = server.client();
+    let id = create_shell(&c, "a1", "echo hi");
+    let req = agent.next_request();
+    assert_eq!(
+        req.task_id, id,
+        "the first request is the task, not an acknowledgement"
+    );
+    let out = agent.output(&id, "hi\n");
+    agent.send(out, false);
+    let exit = agent.exit(&id, 0);
+    agent.send(exit, false);
+    let t = wait_final(&c, &id, Duration::from_secs(10));
+    assert_eq!(t["status"], "completed");
+    assert_eq!(t["stdout"], "hi\n");
+}
+
+#[test]
+fn tasks_of_an_agent_that_never_returns_fail_after_the_grace() {
+    let data = TempDir::new("noreturn");
+    let (http, grpc) = (free_addr(), free_addr());
+    let mut o = opts(&data, &http, &grpc);
+    o.extra = vec!["--disconnect-grace".into(), "1s".into()];
+    let mut server = Server::start_with(o);
+    let agent = server.agent("a1", "t1");
+    let c = server.client();
+    let id = create_shell(&c, "a1", "sleep 30");
+    wait_until("task running", Duration::from_secs(10), || {
+        c.get(&format!("/tasks/{id}")).json()["status"] == "sent"
+            || c.get(&format!("/tasks/{id}")).json()["status"] == "in_progress"
+    });
+    drop(agent);
+    server.proc.signal(libc::SIGKILL);
+    server
+        .proc
+        .child
+        .wait()
+        .expect("the killed server is reaped");
+    let mut o = opts(&data, &http, &grpc);
+    o.extra = vec!["--disconnect-grace".into(), "1s".into()];
+    let server = Server::start_with(o);
+    let c = server.client();
+    let t = wait_final(&c, &id, Duration::from_secs(20));
+    assert_eq!(t["status"], "failed", "{t}");
+    assert_eq!(
+        t["error"], "agent did not return after server restart",
+        "{t}"
+    );
+}
+
+#[test]
+fn a_second_server_on_the_same_data_dir_refuses_to_start() {
+    let data = TempDir::new("locked");
+    let _first = Server::start_with(opts(&data, &free_addr(), &free_addr()));
+    let mut cmd = std::process::Command::new(support::binary());
+    let out = cmd
+        .args([
+            "server",
+            "--dev",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.join("data"))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another nodelink server"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+}
