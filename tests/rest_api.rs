@@ -368,7 +368,10 @@ fn agents_are_listed_with_their_connection_and_running_tasks() {
     // Configured but never connected: known, no tasks.
     let v = c.get("/agents/a2/tasks");
     assert_eq!(v.status, 200, "{}", v.body);
-    assert_eq!(v.json(), json!({"agent_id": "a2", "tasks": []}));
+    assert_eq!(
+        v.json(),
+        json!({"agent_id": "a2", "tasks": [], "next_cursor": null})
+    );
     // Neither configured nor ever seen.
     let e = assert_error(&c.get("/agents/nobody/tasks"), 404, "not known");
     assert_eq!(e["details"]["agent_id"], "nobody");
