@@ -53,10 +53,14 @@ trap cleanup EXIT
 # Credentials: bench-0000 .. bench-1999 with random tokens, and an API token.
 write_credentials "$work/agents.json" 'bench-%04d' "$agents"
 
-# A fresh server with a generous registry; sets server_pid, http_addr, grpc_addr.
+# A fresh server with a generous registry and a fresh data directory (or, with
+# server_extra=(--in-memory), none); sets server_pid, http_addr, grpc_addr.
+server_extra=()
 start_bench_server() {
+  local store=(--data-dir "$work/data-$2")
+  [[ " ${server_extra[*]} " == *" --in-memory "* ]] && store=()
   start_server "$1" --agent-tokens "$work/agents.json" --api-token-file "$api_token_file" \
-    --max-tasks 1000000
+    --max-tasks 1000000 "${store[@]}" "${server_extra[@]}"
 }
 
 stop_server() {
@@ -79,7 +83,7 @@ run() {
     return 0
   fi
   echo "== $name: nodelink-bench $*" >&2
-  if ! start_bench_server "$out/$name.server.log"; then
+  if ! start_bench_server "$out/$name.server.log" "$name"; then
     failed+=("$name")
     return 0
   fi
@@ -99,6 +103,11 @@ run dispatch-2000 dispatch --rate 2000 --duration "$duration"
 run dispatch-poll dispatch --completion poll --duration 4s
 run ingest ingest --chunk-bytes 64 --duration "$duration"
 run fanout fanout --clients 500 --rate 1000 --duration "$duration"
+# The same dispatch and ingest with history in memory only: the store's cost is the ratio.
+server_extra=(--in-memory)
+run dispatch-closed-memory dispatch --duration "$duration"
+run ingest-memory ingest --chunk-bytes 64 --duration "$duration"
+server_extra=()
 
 {
   echo "nodelink bench: commit $commit, $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')), load generator on the same machine"
@@ -108,6 +117,19 @@ run fanout fanout --clients 500 --rate 1000 --duration "$duration"
   if [ ${#files[@]} -gt 0 ]; then
     # --check names each missed target on stderr and exits 1; recorded for the exit below.
     "$bench_bin" summary --check "${files[@]}" || echo missed >"$out/.missed"
+  fi
+  # The durable store must keep at least 80 % of the in-memory dispatch rate.
+  if [ -e "$out/dispatch-closed.json" ] && [ -e "$out/dispatch-closed-memory.json" ]; then
+    python3 - "$out/dispatch-closed.json" "$out/dispatch-closed-memory.json" <<'PY' || echo missed >"$out/.missed"
+import json, sys
+def rate(path):
+    r = json.load(open(path))
+    return r.get("figures", {}).get("completed_per_s") or 0.0
+store, memory = rate(sys.argv[1]), rate(sys.argv[2])
+ratio = store / memory if memory else 0.0
+print(f"dispatch closed loop, store vs --in-memory: {store:.0f} / {memory:.0f} tasks/s = {ratio:.0%} (goal >= 80%)")
+sys.exit(0 if ratio >= 0.8 else 1)
+PY
   fi
 } | tee "$out/summary.txt"
 echo "reports: $out" >&2

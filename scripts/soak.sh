@@ -71,7 +71,8 @@ write_credentials "$work/agents.json" 'soak-%d' "$agents"
 # Short retention, so a registry that does not leak stays at about RATE x (age + interval).
 RUST_LOG=${RUST_LOG:-warn,nodelink::server=info} start_server "$out/server.log" \
   --agent-tokens "$work/agents.json" --api-token-file "$api_token_file" \
-  --cleanup-delay 1s --cleanup-age "${cleanup_age}s" --cleanup-interval "${cleanup_interval}s" ||
+  --cleanup-delay 1s --cleanup-age "${cleanup_age}s" --cleanup-interval "${cleanup_interval}s" \
+  --data-dir "$work/data" ||
   { echo "soak: the server did not start" >&2; exit 1; }
 
 metric() { # metric NAME: a sample's value from /metrics (summed over labels), or -1
