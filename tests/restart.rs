@@ -226,3 +226,92 @@ fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     assert!(err.contains("in use by another nodelink server"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
+
+#[test]
+fn a_full_disk_refuses_new_tasks_keeps_running_ones_streaming_and_recovers() {
+    let data = TempDir::new("full");
+    let mut o = opts(&data, &free_addr(), &free_addr());
+    // A tiny database cap stands in for a full disk; count retention frees room again.
+    o.extra = vec![
+        "--max-data-bytes".into(),
+        "400000".into(),
+        "--retention-tasks".into(),
+        "5".into(),
+    ];
+    let server = Server::start_with(o);
+    let _agent = server.agent("a1", "t1");
+    let c = server.client();
+    // A task that keeps printing through the outage.
+    let long = create_shell(
+        &c,
+        "a1",
+        "for i in $(seq 1 40); do echo tick$i; sleep 0.1; done",
+    );
+    let big = "head -c 60000 /dev/zero | tr '\\0' x";
+    let mut refused = None;
+    for _ in 0..200 {
+        let r = c.post(
+            "/tasks/shell",
+            &serde_json::json!({"agent_id": "a1", "cmd": big}).to_string(),
+        );
+        if r.status == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        let id = r.json()["task_id"].as_str().expect("id").to_string();
+        wait_final(&c, &id, Duration::from_secs(20));
+    }
+    let refused = refused.expect("the cap was reached");
+    assert!(
+        refused.body.contains("storage unavailable"),
+        "{}",
+        refused.body
+    );
+    let ready = c.get("/readyz");
+    assert_eq!(ready.status, 503, "{}", ready.body);
+    assert!(ready.body.contains("storage unavailable"), "{}", ready.body);
+    assert!(support::metric(&c, "nodelink_store_failures_total") >= 1.0);
+    // The running task keeps streaming, and once retention has freed room the server is
+    // ready again by itself and the task's whole output is there.
+    wait_until("ready again", Duration::from_secs(60), || {
+        c.get("/readyz").status == 200
+    });
+    let t = wait_final(&c, &long, Duration::from_secs(60));
+    assert_eq!(t["status"], "completed", "{t}");
+    let want: String = (1..=40).map(|i| format!("tick{i}\n")).collect();
+    assert_eq!(t["stdout"], want);
+    let id = create_shell(&c, "a1", "echo after");
+    assert_eq!(
+        wait_final(&c, &id, Duration::from_secs(20))["stdout"],
+        "after\n"
+    );
+}
+
+#[test]
+fn a_damaged_database_is_a_one_line_error_and_stays_untouched() {
+    let data = TempDir::new("damaged");
+    let dir = data.join("data");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let db = dir.join("nodelink.db");
+    let junk = b"not a database at all".repeat(512);
+    std::fs::write(&db, &junk).expect("write");
+    let out = std::process::Command::new(support::binary())
+        .args([
+            "server",
+            "--dev",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--grpc-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unreadable or damaged"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert_eq!(std::fs::read(&db).expect("read"), junk);
+}
