@@ -315,3 +315,66 @@ fn a_damaged_database_is_a_one_line_error_and_stays_untouched() {
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
     assert_eq!(std::fs::read(&db).expect("read"), junk);
 }
+
+#[test]
+fn after_a_restart_a_task_the_agent_never_got_is_sent_again_and_one_it_lost_fails() {
+    use nodelink::proto::task_request::Task;
+    let data = TempDir::new("reconcile");
+    let (http, grpc) = (free_addr(), free_addr());
+    let mut server = Server::start_with(opts(&data, &http, &grpc));
+    let c = server.client();
+    let mut agent = FakeAgent::connect_acking(&server.grpc, "a1", "t1", "proc-1", "");
+    let hello = agent.next_request();
+    assert!(
+        matches!(hello.task, Some(Task::ResponseAck(_))),
+        "{hello:?}"
+    );
+    server.wait_agent("a1", true);
+    // One task the agent will say it never got, one it started and then lost.
+    let never = create_shell(&c, "a1", "echo never");
+    let started = create_shell(&c, "a1", "echo started");
+    for _ in 0..2 {
+        let req = agent.next_request();
+        assert!(matches!(req.task, Some(Task::ShellExecute(_))), "{req:?}");
+    }
+    let mut out = agent.output(&started, "half\n");
+    out.seq = 1;
+    agent.send(out, false);
+    wait_until("the output is durable", Duration::from_secs(10), || {
+        c.get(&format!("/tasks/{started}")).json()["stdout"] == "half\n"
+    });
+    server.proc.signal(libc::SIGKILL);
+    server.proc.child.wait().expect("reaped");
+    drop(agent);
+
+    let server = Server::start_with(opts(&data, &http, &grpc));
+    let c = server.client();
+    // The same process comes back knowing neither task.
+    let mut agent = FakeAgent::connect_acking(&server.grpc, "a1", "t1", "proc-1", "");
+    let hello = agent.next_request();
+    match hello.task {
+        Some(Task::ResponseAck(a)) => assert_eq!(a.upto, 1, "what is durable"),
+        other => panic!("expected an acknowledgement first, got {other:?}"),
+    }
+    let again = agent.next_request();
+    assert_eq!(
+        again.task_id, never,
+        "the task that never arrived is sent again"
+    );
+    assert!(matches!(again.task, Some(Task::ShellExecute(_))));
+    let lost = wait_final(&c, &started, Duration::from_secs(10));
+    assert_eq!(lost["status"], "failed", "{lost}");
+    assert_eq!(
+        lost["error"],
+        "the agent no longer knew this task after the server restart"
+    );
+    let mut out = agent.output(&never, "never\n");
+    out.seq = 2;
+    agent.send(out, false);
+    let mut exit = agent.exit(&never, 0);
+    exit.seq = 3;
+    agent.send(exit, false);
+    let t = wait_final(&c, &never, Duration::from_secs(10));
+    assert_eq!(t["status"], "completed", "{t}");
+    assert_eq!(t["stdout"], "never\n");
+}

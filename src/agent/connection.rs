@@ -26,6 +26,24 @@ pub const FEATURES: &str = "acks";
 /// Metadata key naming this agent process, so the server tells a restarted agent's numbers
 /// from a reconnecting one's.
 pub const INSTANCE_KEY: &str = "agent_instance";
+/// Metadata key listing the tasks this agent still knows (running, or with responses not yet
+/// acknowledged), so a restarted server can tell a task that never reached the agent.
+pub const TASKS_KEY: &str = "agent_tasks";
+/// Longest task list sent; beyond it none is sent (the server then reconciles nothing).
+const MAX_TASKS_METADATA: usize = 6000;
+
+/// The comma-separated ids of the tasks this agent knows, if the list fits in metadata.
+fn known_tasks(runner: &Runner, outbox: &Outbox) -> Option<String> {
+    let mut ids = runner.running_ids();
+    ids.extend(outbox.task_ids());
+    ids.sort_unstable();
+    ids.dedup();
+    let list = ids.join(",");
+    let plain = list
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b',');
+    (list.len() <= MAX_TASKS_METADATA && plain).then_some(list)
+}
 
 /// Where and how the agent connects.
 #[derive(Clone, Debug)]
@@ -183,6 +201,11 @@ fn serve_stream(
         .map_err(|e| e.to_string())?;
     meta.add_str(INSTANCE_KEY, &cfg.instance)
         .map_err(|e| e.to_string())?;
+    if let Some(tasks) = known_tasks(runner, outbox) {
+        if let Err(e) = meta.add_str(TASKS_KEY, &tasks) {
+            log::debug!("Task list not sent: {e}");
+        }
+    }
     let client = AgentServiceClient::new(channel);
     let (mut sink, mut receiver) = client
         .stream_tasks_opt(CallOption::default().headers(meta.build()))

@@ -137,6 +137,20 @@ impl Outbox {
         n
     }
 
+    /// Ids of the tasks with responses queued or awaiting acknowledgement.
+    pub fn task_ids(&self) -> Vec<String> {
+        let st = self.state.lock();
+        let mut ids: Vec<String> = st
+            .queue
+            .iter()
+            .chain(st.unacked.iter())
+            .map(|(r, _)| r.task_id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Responses queued or awaiting acknowledgement now.
     pub fn len(&self) -> usize {
         let st = self.state.lock();

@@ -55,6 +55,11 @@ impl Runner {
         })
     }
 
+    /// Ids of the tasks running now.
+    pub fn running_ids(&self) -> Vec<String> {
+        self.running.lock().keys().cloned().collect()
+    }
+
     /// Number of tasks running now.
     pub fn running(&self) -> usize {
         self.running.lock().len()

@@ -73,6 +73,21 @@ impl AgentLink {
         instance.filter(|_| acks)
     }
 
+    /// The tasks an agent that takes acknowledgements says it still knows, if it sent the list.
+    fn known_tasks(ctx: &RpcContext) -> Option<Vec<String>> {
+        ctx.request_headers().iter().find_map(|(key, value)| {
+            (key == "agent_tasks").then(|| {
+                std::str::from_utf8(value)
+                    .unwrap_or_default()
+                    .split(',')
+                    .filter(|id| !id.is_empty())
+                    .take(1024)
+                    .map(str::to_string)
+                    .collect()
+            })
+        })
+    }
+
     fn authenticate(&self, ctx: &RpcContext) -> Result<Arc<str>, &'static str> {
         let mut agent_id = None;
         let mut token = None;
@@ -134,6 +149,12 @@ impl AgentService for AgentLink {
                 }
             };
         self.manager.agent_connected(&agent_id);
+        if acking.is_some() {
+            if let Some(known) = Self::known_tasks(&ctx) {
+                let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                self.manager.reconcile_reloaded(&agent_id, &known);
+            }
+        }
         if reg.replaced {
             log::info!("Agent {agent_id} connected from {peer}, replacing its previous stream");
         } else {

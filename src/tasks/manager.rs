@@ -356,6 +356,13 @@ impl TaskManager {
         );
     }
 
+    /// An agent that connected listed the tasks it still knows (running, or with responses
+    /// not yet acknowledged). A task reloaded after a restart that it does not know never
+    /// reached it, and is sent again; one it had started and no longer knows is failed.
+    pub fn reconcile_reloaded(&self, agent_id: &str, known: &[&str]) {
+        self.inner.reconcile_reloaded(agent_id, known);
+    }
+
     /// Stops the threads after draining queued responses; idempotent.
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
@@ -585,6 +592,49 @@ impl Inner {
         };
         if self.gateway.dispatch(agent, cmd).is_err() {
             log::info!("Task {id}: agent {agent} is gone; nothing to stop there");
+        }
+    }
+
+    fn reconcile_reloaded(&self, agent_id: &str, known: &[&str]) {
+        let mut resend = Vec::new();
+        {
+            let mut reg = self.registry.write();
+            let mut lost = Vec::new();
+            for id in reg.unfinished_of(agent_id) {
+                let Some(task) = reg.get_mut(&id) else {
+                    continue;
+                };
+                if !std::mem::take(&mut task.reloaded) {
+                    continue;
+                }
+                if known.iter().any(|k| *k == id.to_string()) {
+                    continue;
+                }
+                match task.status {
+                    TaskStatus::Created | TaskStatus::Sent => resend.push((id, task.spec.clone())),
+                    _ => lost.push(id),
+                }
+            }
+            for id in lost {
+                self.apply(
+                    &mut reg,
+                    id,
+                    Trigger::AgentLost,
+                    Some("the agent no longer knew this task after the server restart".into()),
+                );
+            }
+        }
+        for (task_id, spec) in resend {
+            log::warn!(
+                "Task {task_id} never reached agent {agent_id} before the restart; sending it now"
+            );
+            let sent = self
+                .gateway
+                .dispatch(agent_id, AgentCommand::Run { task_id, spec });
+            if sent.is_ok() {
+                let mut reg = self.registry.write();
+                self.apply(&mut reg, task_id, Trigger::Sent, None);
+            }
         }
     }
 

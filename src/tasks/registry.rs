@@ -44,6 +44,8 @@ pub struct Task {
     pub created_by: Option<Origin>,
     /// The name of the token that cancelled it.
     pub cancelled_by: Option<Arc<str>>,
+    /// Taken up from durable history after a restart, and not yet reconciled with its agent.
+    pub reloaded: bool,
     order: u64,
     finish_order: Option<u64>,
 }
@@ -74,6 +76,7 @@ impl Task {
             timeout_timer: None,
             created_by: None,
             cancelled_by: None,
+            reloaded: false,
             order: 0,
             finish_order: None,
         }
@@ -123,6 +126,7 @@ impl Task {
                 peer: Arc::from(t.created_from.unwrap_or_default()),
             }),
             cancelled_by: t.cancelled_by.map(Arc::from),
+            reloaded: true,
             order: 0,
             finish_order: None,
         }

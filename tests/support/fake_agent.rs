@@ -52,6 +52,33 @@ impl FakeAgent {
         }
     }
 
+    /// Opens the stream as an agent that takes acknowledgements: process `instance`, which
+    /// still knows the tasks in `tasks` (comma-separated).
+    pub fn connect_acking(
+        addr: &str,
+        id: &str,
+        token: &str,
+        instance: &str,
+        tasks: &str,
+    ) -> FakeAgent {
+        let c = client(addr);
+        let mut meta = MetadataBuilder::new();
+        meta.add_str("agent_id", id).expect("metadata");
+        meta.add_str("agent_token", token).expect("metadata");
+        meta.add_str("agent_features", "acks").expect("metadata");
+        meta.add_str("agent_instance", instance).expect("metadata");
+        meta.add_str("agent_tasks", tasks).expect("metadata");
+        let (sink, requests) = c
+            .stream_tasks_opt(CallOption::default().headers(meta.build()))
+            .expect("call starts");
+        FakeAgent {
+            id: id.to_string(),
+            sink,
+            requests,
+            _client: c,
+        }
+    }
+
     /// The next request from the server.
     pub fn next_request(&mut self) -> TaskRequest {
         block_on(self.requests.next())
