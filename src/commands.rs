@@ -253,6 +253,19 @@ pub fn dev(args: ServerArgs) -> u8 {
             return 2;
         }
     };
+    // Without --data-dir, dev mode's history is scratch: removed when it stops.
+    let scratch = store
+        .as_ref()
+        .filter(|_| args.data_dir.is_none())
+        .and_then(|s| s.path().parent().map(Path::to_path_buf));
+    let history = match (&store, &scratch) {
+        (None, _) => "History is kept in memory only.".to_string(),
+        (Some(s), Some(_)) => format!(
+            "History is kept in {} until dev mode stops (pass --data-dir DIR to keep it).",
+            s.path().display()
+        ),
+        (Some(s), None) => format!("History is kept in {}.", s.path().display()),
+    };
     let api_token = uuid::Uuid::new_v4().simple().to_string();
     let agent_token = uuid::Uuid::new_v4().simple().to_string();
     let mut cfg = server_config(&args);
@@ -310,6 +323,7 @@ pub fn dev(args: ServerArgs) -> u8 {
     let (token_file, header) = (files.token.display(), files.header.display());
     println!(
         "\nnodelink dev mode: server on {http}, gRPC on 127.0.0.1:{grpc}, local agent `local`.\n\
+         {history}\n\
          API token: {api_token}\n\
          Kept, readable only by you, in {token_file} (for --api-token-file) and as a curl header in {header}.\n\n\
          Create a task (stores its id in $TASK):\n\n  \
@@ -323,6 +337,9 @@ pub fn dev(args: ServerArgs) -> u8 {
     agent.stop();
     server.shutdown();
     drop(files);
+    if let Some(dir) = scratch {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     0
 }
 
