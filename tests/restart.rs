@@ -378,3 +378,61 @@ fn after_a_restart_a_task_the_agent_never_got_is_sent_again_and_one_it_lost_fail
     assert_eq!(t["status"], "completed", "{t}");
     assert_eq!(t["stdout"], "never\n");
 }
+
+#[test]
+fn a_global_stream_resumes_across_a_sigkill_with_every_event_once() {
+    let data = TempDir::new("global");
+    let (http, grpc) = (free_addr(), free_addr());
+    let mut server = Server::start_with(opts(&data, &http, &grpc));
+    let _agent = server.agent("a1", "t1");
+    let c = server.client();
+    let mut stream = c.sse("/stream", None);
+    let cmd = "for i in $(seq 1 30); do echo line$i; sleep 0.05; done";
+    let ids: Vec<String> = (0..4).map(|_| create_shell(&c, "a1", cmd)).collect();
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(800) {
+        if let Some(e) = stream.next_event(Duration::from_secs(5)) {
+            seen.push(e);
+        }
+    }
+    server.proc.signal(libc::SIGKILL);
+    server.proc.child.wait().expect("reaped");
+    while let Some(e) = stream.next_event(Duration::from_secs(5)) {
+        seen.push(e);
+    }
+    let server = Server::start_with(opts(&data, &http, &grpc));
+    let c = server.client();
+    for id in &ids {
+        wait_final(&c, id, Duration::from_secs(60));
+    }
+    let last = seen.iter().rev().find_map(|e| e.id.clone());
+    let mut rest = c.sse("/stream", last.as_deref());
+    let mut finals = 0;
+    while finals < ids.len() {
+        let e = rest
+            .next_event(Duration::from_secs(20))
+            .expect("the resumed stream goes on");
+        if e.event == "status"
+            && matches!(e.json()["status"].as_str(), Some("completed" | "failed"))
+        {
+            finals += 1;
+        }
+        seen.push(e);
+    }
+    let mut numbers = HashSet::new();
+    for e in &seen {
+        if let Some(i) = &e.id {
+            assert!(numbers.insert(i.clone()), "event {i} delivered twice");
+        }
+    }
+    for id in &ids {
+        let text: String = seen
+            .iter()
+            .filter(|e| e.event == "response" && e.json()["task_id"] == id.as_str())
+            .map(|e| e.json()["stdout"].as_str().unwrap_or_default().to_string())
+            .collect();
+        let want: String = (1..=30).map(|i| format!("line{i}\n")).collect();
+        assert_eq!(text, want, "task {id} as the global stream told it");
+    }
+}

@@ -146,10 +146,25 @@ fn start_task_stream(state: &ApiState, raw: &str, last: Option<u64>) -> Result<S
     ))
 }
 
+/// Most stored events a resuming global-stream client is given from durable history.
+const HISTORY_BACKLOG: usize = 10_000;
+
 fn start_global_stream(state: &ApiState, last: Option<u64>) -> Result<Started, ApiError> {
-    let (sub, backlog, after) = state.hub.subscribe_all(last)?;
+    let (sub, window, after) = state.hub.subscribe_all(last)?;
+    // What the hub's window no longer (or, after a restart, never) held comes from durable
+    // history; events that also arrive live are skipped by number.
+    let first_in_window = window.first().map_or(u64::MAX, |e| e.global_seq);
+    let mut backlog: Vec<TaskEvent> = match last {
+        Some(last) if last.saturating_add(1) < first_in_window => state
+            .manager
+            .history_after(last, HISTORY_BACKLOG)
+            .into_iter()
+            .filter(|e| e.global_seq < first_in_window)
+            .collect(),
+        _ => Vec::new(),
+    };
+    backlog.extend(window.iter().map(|e| TaskEvent::clone(e)));
     let last_seq = backlog.last().map_or(after, |e| e.global_seq);
-    let backlog = backlog.iter().map(|e| TaskEvent::clone(e)).collect();
     Ok((sub, backlog, Mode::Global { last_seq }))
 }
 

@@ -293,6 +293,10 @@ impl Journal for Store {
         self.read(|c| read::events(c, id, after))
     }
 
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<TaskEvent>, Unavailable> {
+        self.read(|c| read::events_after(c, after, limit))
+    }
+
     fn agent_seq(&self, agent_id: &str, instance: &str) -> u64 {
         self.read(|c| read::agent_seq(c, agent_id, instance))
             .unwrap_or(0)

@@ -232,6 +232,35 @@ pub(crate) fn events(
     Ok(Some((events, status(&st).is_final())))
 }
 
+/// Events of every task after event number `after`, in order, at most `limit`.
+pub(crate) fn events_after(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<TaskEvent>> {
+    let sql = format!(
+        "SELECT {}, t.id, t.agent_id FROM events e JOIN tasks t ON t.tid = e.tid \
+         WHERE e.gid > ?1 ORDER BY e.gid LIMIT ?2",
+        EVENT_COLUMNS
+            .split(", ")
+            .map(|c| format!("e.{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(rusqlite::params![after as i64, limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(11)?;
+        let agent: String = r.get(12)?;
+        let Ok(id) = Uuid::parse_str(&id) else {
+            continue;
+        };
+        out.push(event_row(id, &Arc::from(agent.as_str()), r)?);
+    }
+    Ok(out)
+}
+
 /// Every unfinished task with its events.
 pub(crate) fn unfinished(conn: &Connection) -> rusqlite::Result<Vec<Reloaded>> {
     let sql = format!("SELECT {TASK_COLUMNS} FROM tasks WHERE finished_at IS NULL ORDER BY tid");

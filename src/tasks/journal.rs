@@ -153,6 +153,8 @@ pub trait Journal: Send + Sync {
     /// A task's stored events after `after`, and whether it was final.
     fn events(&self, id: TaskId, after: u64)
         -> Result<Option<(Vec<TaskEvent>, bool)>, Unavailable>;
+    /// Stored events of every task after event number `after`, in order, at most `limit`.
+    fn events_after(&self, after: u64, limit: usize) -> Result<Vec<TaskEvent>, Unavailable>;
     /// The highest response number stored for an agent process (0: none).
     fn agent_seq(&self, agent_id: &str, instance: &str) -> u64;
     /// Unfinished tasks to take up after a restart.

@@ -327,6 +327,18 @@ impl TaskManager {
         })
     }
 
+    /// Durable events of every task after event number `after` (for a global-stream client
+    /// resuming from before a restart), at most `limit`; none without durable history.
+    pub fn history_after(&self, after: u64, limit: usize) -> Vec<TaskEvent> {
+        match &self.inner.journal {
+            Some(j) => j.events_after(after, limit).unwrap_or_else(|e| {
+                log::warn!("Global stream history unavailable: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
+        }
+    }
+
     /// Removes finished tasks older than `older_than`; returns how many.
     pub fn cleanup_completed_tasks(&self, older_than: Duration) -> usize {
         self.inner.cleanup(older_than)
