@@ -37,9 +37,10 @@ fn a_report_on_another_agents_task_is_counted_as_foreign_and_ignored() {
         "not an unknown task"
     );
     assert_eq!(get_task(&c, &id)["status"], "sent", "not applied");
-    server
-        .proc
-        .wait_log(&format!("Agent a2 reported on task {id} of agent a1"), FINISH);
+    server.proc.wait_log(
+        &format!("Agent a2 reported on task {id} of agent a1"),
+        FINISH,
+    );
 }
 
 #[test]

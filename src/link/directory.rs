@@ -268,7 +268,9 @@ mod tests {
         // Stream 1 ends and unregisters; stream 2 registers; only then does stream 1's
         // thread tell the manager about the disconnect.
         let gone = dir.unregister("a1", s1.session_id).expect("was current");
-        let _s2 = dir.register("a1".into(), "p".into()).expect("second stream");
+        let _s2 = dir
+            .register("a1".into(), "p".into())
+            .expect("second stream");
         let after = m.send_task("a1", sleep_task(), None).expect("sent").id;
         m.agent_disconnected("a1", gone);
 
@@ -311,7 +313,11 @@ mod tests {
         assert_eq!(dir.generation("a1"), 1);
         let s2 = dir.register("a1".into(), "p".into()).expect("replacement");
         assert_eq!(dir.generation("a1"), 2);
-        assert_eq!(dir.unregister("a1", s1.session_id), None, "replaced: no disconnect");
+        assert_eq!(
+            dir.unregister("a1", s1.session_id),
+            None,
+            "replaced: no disconnect"
+        );
         assert_eq!(dir.generation("a1"), 2);
         assert_eq!(dir.unregister("a1", s2.session_id), Some(3));
         assert_eq!(dir.generation("a1"), 3);

@@ -678,7 +678,10 @@ fn many_managers_start_and_stop_without_leaving_threads() {
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "child failed:\n{text}");
-        assert!(text.contains("1 passed"), "the test ran in the child:\n{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the test ran in the child:\n{text}"
+        );
         return;
     }
     let baseline = process_threads();
@@ -692,9 +695,11 @@ fn many_managers_start_and_stop_without_leaving_threads() {
         );
         m.shutdown();
     }
-    wait_for("threads back to the baseline", Duration::from_secs(10), || {
-        process_threads() <= baseline
-    });
+    wait_for(
+        "threads back to the baseline",
+        Duration::from_secs(10),
+        || process_threads() <= baseline,
+    );
 }
 
 #[test]

@@ -215,12 +215,10 @@ impl SendReport<'_> {
     /// Marks its place as left, so the response thread skips it.
     fn leave_queue(&mut self) {
         if let Some(place) = self.place.take() {
-            let _ = place.state.compare_exchange(
-                WAITING,
-                LEFT,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            let _ =
+                place
+                    .state
+                    .compare_exchange(WAITING, LEFT, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 }
@@ -331,4 +329,133 @@ pub(super) fn spawn(
             drop(rx);
             room.call_everyone();
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tasks::ReportStatus;
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn report(n: usize) -> AgentReport {
+        AgentReport::new(Arc::from("a1"), n.to_string(), ReportStatus::InProgress)
+    }
+
+    fn poll(f: &mut SendReport<'_>, waker: &Arc<Count>) -> Poll<Result<(), TaskError>> {
+        let waker = Waker::from(waker.clone());
+        Pin::new(f).poll(&mut Context::from_waker(&waker))
+    }
+
+    fn wait_woken(waker: &Arc<Count>) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while waker.0.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "never woken");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The response thread, held before applying each report until `gate` yields.
+    fn held_thread(source: ReportSource) -> (crossbeam_channel::Sender<()>, Receiver<String>) {
+        let (gate_tx, gate) = bounded::<()>(0);
+        let (applied_tx, applied) = crossbeam_channel::unbounded();
+        let (_stop_tx, stop) = bounded::<()>(1);
+        spawn(source, stop, move |r| {
+            let _ = gate.recv();
+            let _ = applied_tx.send(r.task_id);
+        })
+        .expect("thread starts");
+        std::mem::forget(_stop_tx);
+        (gate_tx, applied)
+    }
+
+    #[test]
+    fn a_full_channel_makes_the_future_wait_without_blocking_its_thread_in_turn() {
+        let stats = Arc::new(Stats::default());
+        let (sink, source) = channel(1, stats.clone());
+        let (gate, applied) = held_thread(source);
+        // The thread takes report 0 and is held applying it; report 1 fills the channel.
+        sink.send(report(0)).expect("queued");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.depth() != 0 {
+            assert!(Instant::now() < deadline, "the thread took report 0");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sink.send(report(1)).expect("queued");
+
+        // Two streams find it full: their futures return at once, in line.
+        let (w2, w3) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let mut f2 = sink.send_async(report(2));
+        let mut f3 = sink.send_async(report(3));
+        assert!(poll(&mut f2, &w2).is_pending(), "waits, does not block");
+        assert!(poll(&mut f3, &w3).is_pending());
+        assert_eq!(sink.waiting(), 2);
+
+        // One slot freed: the first in line is woken, and only it.
+        gate.send(()).expect("applies 0");
+        wait_woken(&w2);
+        assert_eq!(w3.0.load(Ordering::SeqCst), 0, "the second waits its turn");
+        assert!(poll(&mut f2, &w2).is_ready());
+        gate.send(()).expect("applies 1");
+        wait_woken(&w3);
+        assert!(poll(&mut f3, &w3).is_ready());
+        for _ in 0..2 {
+            gate.send(()).expect("applies the rest");
+        }
+        let order: Vec<String> = (0..4)
+            .map(|_| {
+                applied
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("applied")
+            })
+            .collect();
+        assert_eq!(order, ["0", "1", "2", "3"], "nothing dropped, in order");
+        assert_eq!(stats.backpressure_waits.load(Ordering::Relaxed), 2);
+        assert!(stats.backpressure_wait_ns.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn a_woken_future_that_is_dropped_passes_its_turn_on() {
+        let (sink, source) = channel(1, Arc::new(Stats::default()));
+        let (gate, applied) = held_thread(source);
+        sink.send(report(0)).expect("queued");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sink.depth() != 0 {
+            assert!(Instant::now() < deadline, "the thread took report 0");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sink.send(report(1)).expect("queued");
+        let (w2, w3) = (Arc::new(Count::default()), Arc::new(Count::default()));
+        let mut f2 = sink.send_async(report(2));
+        let mut f3 = sink.send_async(report(3));
+        assert!(poll(&mut f2, &w2).is_pending());
+        assert!(poll(&mut f3, &w3).is_pending());
+        gate.send(()).expect("applies 0");
+        wait_woken(&w2);
+        drop(f2); // its stream ended before it used the slot
+        wait_woken(&w3);
+        assert!(poll(&mut f3, &w3).is_ready());
+        for _ in 0..2 {
+            gate.send(()).expect("applies the rest");
+        }
+        let order: Vec<String> = (0..3)
+            .map(|_| {
+                applied
+                    .recv_timeout(Duration::from_secs(10))
+                    .expect("applied")
+            })
+            .collect();
+        assert_eq!(order, ["0", "1", "3"]);
+    }
 }
