@@ -28,6 +28,10 @@ impl AgentGateway for Noop {
     fn dispatch(&self, _agent: &str, _command: AgentCommand) -> Result<(), GatewayError> {
         Ok(())
     }
+
+    fn generation(&self, _agent: &str) -> u64 {
+        0
+    }
 }
 
 fn manager(max_tasks: usize) -> TaskManager {

@@ -272,7 +272,7 @@ impl Collector for StateCollector {
         {
             let mut m = enc.encode_descriptor(
                 "nodelink_agent_responses_ignored",
-                "Agent responses ignored: late (task already final), unknown task, malformed",
+                "Agent responses ignored: late (task already final), unknown task, malformed (another agent's task: nodelink_foreign_reports)",
                 None,
                 MetricType::Counter,
             )?;
@@ -285,6 +285,18 @@ impl Collector for StateCollector {
                 ConstCounter::new(v).encode(m.encode_family(&[("reason", reason)])?)?;
             }
         }
+        counter(
+            &mut enc,
+            "nodelink_foreign_reports",
+            "Agent responses about another agent's task, ignored: a misbehaving or compromised agent",
+            load(&s.foreign_responses),
+        )?;
+        gauge(
+            &mut enc,
+            "nodelink_response_streams_waiting",
+            "Agent streams paused until the response channel has room",
+            as_i64(sink.waiting()),
+        )?;
         counter(
             &mut enc,
             "nodelink_cleanup_runs",

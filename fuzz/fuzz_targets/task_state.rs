@@ -101,10 +101,22 @@ enum Op {
     Sweep,
 }
 
-/// Reaches the connected agents instantly, records nothing else.
+/// Reaches the connected agents instantly and owns their liveness generations, as the
+/// agent directory does; records nothing else.
 #[derive(Default)]
 struct Gateway {
     unplugged: Mutex<HashSet<String>>,
+    generations: Mutex<HashMap<String, u64>>,
+}
+
+impl Gateway {
+    /// A connect or disconnect of `agent`: its new generation.
+    fn bump(&self, agent: &str) -> u64 {
+        let mut gens = self.generations.lock();
+        let g = gens.entry(agent.to_string()).or_insert(0);
+        *g += 1;
+        *g
+    }
 }
 
 impl AgentGateway for Gateway {
@@ -114,6 +126,10 @@ impl AgentGateway for Gateway {
         } else {
             Ok(())
         }
+    }
+
+    fn generation(&self, agent_id: &str) -> u64 {
+        self.generations.lock().get(agent_id).copied().unwrap_or(0)
     }
 }
 
@@ -251,8 +267,13 @@ fn run(ops: &[Op]) {
                     Err(e) => panic!("cancel failed: {e}"),
                 }
             }
-            Op::Disconnect(a) => manager.agent_disconnected(AGENTS[*a as usize % AGENTS.len()]),
-            Op::Reconnect(a) => manager.agent_connected(AGENTS[*a as usize % AGENTS.len()]),
+            Op::Disconnect(a) => {
+                let agent = AGENTS[*a as usize % AGENTS.len()];
+                manager.agent_disconnected(agent, gateway.bump(agent));
+            }
+            Op::Reconnect(a) => {
+                gateway.bump(AGENTS[*a as usize % AGENTS.len()]);
+            }
             Op::Unplug(a) => {
                 gateway
                     .unplugged

@@ -4,8 +4,10 @@
 //! otherwise), registers a session in the [`AgentDirectory`], and spawns two futures on the
 //! grpcio completion-queue threads: a writer that drains the session's request queue into the
 //! stream, and a reader that turns each response into an [`AgentReport`] for the response
-//! channel. The reader's `send` waits while that channel is full, so a flooding agent is held
-//! back by HTTP/2 flow control instead of losing data.
+//! channel. While that channel is full the reader awaits room (`ReportSink::send_async`)
+//! without blocking its completion-queue thread: only its own stream stops being read, so a
+//! flooding agent is held back by HTTP/2 flow control instead of losing data, and the other
+//! agents on the same thread, their dispatches and cancels, go on.
 //!
 //! Limits: an agent beyond `--max-agents` is refused with RESOURCE_EXHAUSTED before any
 //! session exists, and counted in [`LimitHits`]. A message larger than
@@ -148,7 +150,6 @@ impl AgentService for AgentLink {
                     return;
                 }
             };
-        self.manager.agent_connected(&agent_id);
         if acking.is_some() {
             if let Some(known) = Self::known_tasks(&ctx) {
                 let known: Vec<&str> = known.iter().map(String::as_str).collect();
@@ -191,7 +192,7 @@ impl AgentService for AgentLink {
                 match stream.next().await {
                     Some(Ok(resp)) => {
                         let report = report_from_response(&agent_id, acking.as_ref(), resp);
-                        if reports.send(report).is_err() {
+                        if reports.send_async(report).await.is_err() {
                             break "server shutting down".to_string();
                         }
                     }
@@ -199,9 +200,9 @@ impl AgentService for AgentLink {
                     None => break "stream closed".to_string(),
                 }
             };
-            if directory.unregister(&agent_id, session_id) {
+            if let Some(generation) = directory.unregister(&agent_id, session_id) {
                 log::info!("Agent {agent_id} disconnected ({ending})");
-                manager.agent_disconnected(&agent_id);
+                manager.agent_disconnected(&agent_id, generation);
             } else {
                 log::debug!("Agent {agent_id}: replaced session {session_id} ended ({ending})");
             }

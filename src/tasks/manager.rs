@@ -68,7 +68,8 @@ struct Inner {
     listeners: ListenerSet,
     stats: Arc<Stats>,
     global_seq: AtomicU64,
-    agent_generations: Mutex<HashMap<Arc<str>, u64>>,
+    foreign_log: LogLimit,
+    unknown_log: LogLimit,
     stopping: AtomicBool,
     sink: ReportSink,
     threads: Mutex<Threads>,
@@ -108,9 +109,9 @@ impl TaskManager {
         gateway: Arc<dyn AgentGateway>,
         journal: Option<Arc<dyn Journal>>,
     ) -> std::io::Result<Self> {
-        let (tx, rx) = bounded(cfg.response_channel_capacity.max(1));
         let (stop_tx, stop_rx) = bounded(1);
         let stats = Arc::new(Stats::default());
+        let (sink, source) = response_thread::channel(cfg.response_channel_capacity, stats.clone());
         // The timer thread calls back into the manager, which owns the timer handle: the
         // callback holds a weak reference filled in once the manager exists.
         let slot: Arc<OnceLock<Weak<Inner>>> = Arc::new(OnceLock::new());
@@ -127,9 +128,10 @@ impl TaskManager {
             timers,
             stats: stats.clone(),
             global_seq: AtomicU64::new(journal.as_ref().map_or(0, |j| j.last_global_seq())),
-            agent_generations: Mutex::new(HashMap::new()),
+            foreign_log: LogLimit::default(),
+            unknown_log: LogLimit::default(),
             stopping: AtomicBool::new(false),
-            sink: ReportSink::new(tx, stats),
+            sink,
             threads: Mutex::new(Threads {
                 timer: Some(timer_thread),
                 ..Threads::default()
@@ -149,7 +151,7 @@ impl TaskManager {
             inner.reload(journal.as_ref());
         }
         let applier = inner.clone();
-        let responses = response_thread::spawn(rx, stop_rx, move |r| applier.apply_report(r))?;
+        let responses = response_thread::spawn(source, stop_rx, move |r| applier.apply_report(r))?;
         {
             let mut threads = inner.threads.lock();
             threads.responses = Some(responses);
@@ -344,25 +346,14 @@ impl TaskManager {
         self.inner.cleanup(older_than)
     }
 
-    /// The agent opened a stream: pending disconnect grace periods no longer apply.
-    pub fn agent_connected(&self, agent_id: &str) {
-        let mut gens = self.inner.agent_generations.lock();
-        *gens.entry(Arc::from(agent_id)).or_insert(0) += 1;
-    }
-
-    /// The agent's stream ended: its unfinished tasks fail unless it returns within the grace.
-    pub fn agent_disconnected(&self, agent_id: &str) {
-        let agent_id: Arc<str> = Arc::from(agent_id);
-        let generation = {
-            let mut gens = self.inner.agent_generations.lock();
-            let g = gens.entry(agent_id.clone()).or_insert(0);
-            *g += 1;
-            *g
-        };
+    /// The agent's stream ended, leaving it at liveness `generation` (the gateway's count):
+    /// its unfinished tasks fail unless the gateway reports another generation when the grace
+    /// period is over (it came back, or went again and a newer grace period decides).
+    pub fn agent_disconnected(&self, agent_id: &str, generation: u64) {
         self.inner.timers.schedule_after(
             self.inner.cfg.disconnect_grace,
             Timer::AgentGrace {
-                agent_id,
+                agent_id: Arc::from(agent_id),
                 generation,
             },
         );
@@ -519,13 +510,9 @@ impl Inner {
                     .map(|t| t.snapshot(false))
                     .ok_or(TaskError::NotFound(id))?;
                 drop(reg);
-                match snapshot.status {
+                if let Some(reason) = stop_reason(snapshot.status) {
                     // Cancelled or timed out while the request was on its way: stop it there too.
-                    TaskStatus::Cancelled => {
-                        self.tell_agent_to_stop(agent_id, id, "cancelled by user")
-                    }
-                    TaskStatus::Timeout => self.tell_agent_to_stop(agent_id, id, "timeout"),
-                    _ => {}
+                    self.tell_agent_to_stop(agent_id, id, reason);
                 }
                 Ok(snapshot)
             }
@@ -579,12 +566,7 @@ impl Inner {
                 });
             }
             let agent = task.agent_id.clone();
-            self.apply(
-                &mut reg,
-                id,
-                Trigger::Cancel,
-                Some("cancelled by user".into()),
-            );
+            self.apply(&mut reg, id, Trigger::Cancel, Some(STOP_CANCELLED.into()));
             (
                 agent,
                 reg.get(&id)
@@ -593,7 +575,7 @@ impl Inner {
             )
         };
         log::info!("Cancelled task {id} on agent {agent}");
-        self.tell_agent_to_stop(&agent, id, "cancelled by user");
+        self.tell_agent_to_stop(&agent, id, STOP_CANCELLED);
         Ok(snapshot)
     }
 
@@ -714,25 +696,17 @@ impl Inner {
 
     fn apply_report_once(&self, rep: AgentReport) {
         let Ok(id) = Uuid::parse_str(&rep.task_id) else {
-            let why = format!(
-                "Task {:?} not found for response from agent {}",
-                rep.task_id, rep.agent_id
-            );
-            return self.ignore_unknown(&why);
+            return self.ignore_unknown(&rep);
         };
         let mut reg = self.registry.write();
         let Some(task) = reg.get_mut(&id) else {
-            return self.ignore_unknown(&format!(
-                "Task {id} not found for response from agent {}",
-                rep.agent_id
-            ));
+            drop(reg);
+            return self.ignore_unknown(&rep);
         };
         if task.agent_id != rep.agent_id {
-            let why = format!(
-                "Agent {} reported on task {id} of agent {}; ignored",
-                rep.agent_id, task.agent_id
-            );
-            return self.ignore_unknown(&why);
+            let owner = task.agent_id.clone();
+            drop(reg);
+            return self.ignore_foreign(&rep, id, &owner);
         }
         let trigger = Trigger::Report {
             status: rep.status,
@@ -831,10 +805,30 @@ impl Inner {
         }
     }
 
-    /// Counts and logs a response for a task this agent may not report on.
-    fn ignore_unknown(&self, why: &str) {
+    /// Counts and logs a response for a task id the manager does not know.
+    fn ignore_unknown(&self, rep: &AgentReport) {
         self.stats.unknown_responses.fetch_add(1, Ordering::Relaxed);
-        log::warn!("{why}");
+        if let Some(suppressed) = self.unknown_log.admit() {
+            log::warn!(
+                "Task {} not found for response from agent {}; ignored{}",
+                loggable_id(&rep.task_id),
+                rep.agent_id,
+                suppressed_note(suppressed)
+            );
+        }
+    }
+
+    /// Counts and logs a response about another agent's task: a misbehaving or compromised
+    /// agent, so it is a counter of its own for operators to alert on.
+    fn ignore_foreign(&self, rep: &AgentReport, id: TaskId, owner: &str) {
+        self.stats.foreign_responses.fetch_add(1, Ordering::Relaxed);
+        if let Some(suppressed) = self.foreign_log.admit() {
+            log::warn!(
+                "Agent {} reported on task {id} of agent {owner}; ignored{}",
+                rep.agent_id,
+                suppressed_note(suppressed)
+            );
+        }
     }
 
     /// Runs `trigger` through the transition table and applies the result.
@@ -1035,7 +1029,7 @@ impl Inner {
                     agent
                 };
                 log::info!("Task {id} timed out on agent {agent}");
-                self.tell_agent_to_stop(&agent, id, "timeout");
+                self.tell_agent_to_stop(&agent, id, STOP_TIMEOUT);
             }
             Timer::Unroute(id) => self.registry.write().unroute(&id),
             Timer::Sweep => {
@@ -1046,7 +1040,7 @@ impl Inner {
                 }
             }
             Timer::RestartGrace(agent_id) => {
-                if self.agent_generations.lock().contains_key(&agent_id) {
+                if self.gateway.generation(&agent_id) > 0 {
                     return; // it connected since the restart: its own grace applies
                 }
                 let mut reg = self.registry.write();
@@ -1070,10 +1064,13 @@ impl Inner {
                 agent_id,
                 generation,
             } => {
-                if self.agent_generations.lock().get(&agent_id) != Some(&generation) {
+                let mut reg = self.registry.write();
+                // Checked under the registry lock: a task created after the agent came back
+                // is inserted either before this (and the agent's generation has moved on)
+                // or after (and it is not in the list below).
+                if self.gateway.generation(&agent_id) != generation {
                     return; // it came back (or went again: a newer timer decides)
                 }
-                let mut reg = self.registry.write();
                 let lost = reg.unfinished_of(&agent_id);
                 for id in &lost {
                     self.apply(
@@ -1149,6 +1146,79 @@ fn validate_spec(spec: &TaskSpec) -> Result<(), TaskError> {
             }
             Ok(())
         }
+    }
+}
+
+/// The cancel reason an agent is told when a user cancels a task.
+const STOP_CANCELLED: &str = "cancelled by user";
+/// The cancel reason an agent is told when a task's timeout fires.
+const STOP_TIMEOUT: &str = "timeout";
+
+/// What to tell the agent about a task that became `status` while its run request was on
+/// its way; `None` when there is nothing to stop.
+fn stop_reason(status: TaskStatus) -> Option<&'static str> {
+    match status {
+        TaskStatus::Cancelled => Some(STOP_CANCELLED),
+        TaskStatus::Timeout => Some(STOP_TIMEOUT),
+        _ => None,
+    }
+}
+
+/// Characters of an agent-supplied task id that reach the log.
+const LOGGED_ID_CHARS: usize = 64;
+
+/// An agent-supplied task id fit for a log line: its first [`LOGGED_ID_CHARS`] characters,
+/// quoted and escaped, so a peer can neither flood nor forge log lines with it.
+fn loggable_id(id: &str) -> String {
+    let mut chars = id.chars();
+    let head: String = chars.by_ref().take(LOGGED_ID_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}… ({} bytes)", id.len())
+    } else {
+        format!("{head:?}")
+    }
+}
+
+fn suppressed_note(suppressed: u64) -> String {
+    if suppressed == 0 {
+        String::new()
+    } else {
+        format!(" ({suppressed} more like it since the last such line)")
+    }
+}
+
+/// Lets a warning that a peer can trigger at will through at most once per
+/// [`LogLimit::EVERY`], counting what it held back.
+#[derive(Default)]
+struct LogLimit {
+    /// Milliseconds since `LogLimit::epoch` of the last line let through, plus one (0: none).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogLimit {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    /// `Some(lines held back since the last one)` when this line may be logged.
+    fn admit(&self) -> Option<u64> {
+        let now = Self::epoch().elapsed().as_millis() as u64 + 1;
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let every = Self::EVERY.as_millis() as u64;
+        if last != 0 && now.saturating_sub(last) < every
+            || self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self.suppressed.swap(0, Ordering::Relaxed))
+    }
+
+    fn epoch() -> Instant {
+        static EPOCH: OnceLock<Instant> = OnceLock::new();
+        *EPOCH.get_or_init(Instant::now)
     }
 }
 

@@ -19,6 +19,9 @@ use crate::tasks::{
 struct FakeGateway {
     connected: Mutex<HashSet<String>>,
     sent: Mutex<Vec<(String, AgentCommand)>>,
+    generations: Mutex<HashMap<String, u64>>,
+    /// While set, a run request waits in `dispatch` until this channel yields.
+    hold_runs: Mutex<Option<Receiver<()>>>,
 }
 
 impl FakeGateway {
@@ -40,6 +43,14 @@ impl FakeGateway {
             })
             .collect()
     }
+
+    /// The agent connects or disconnects: its new liveness generation.
+    fn bump(&self, agent: &str) -> u64 {
+        let mut gens = self.generations.lock();
+        let g = gens.entry(agent.to_string()).or_insert(0);
+        *g += 1;
+        *g
+    }
 }
 
 impl AgentGateway for FakeGateway {
@@ -47,8 +58,18 @@ impl AgentGateway for FakeGateway {
         if !self.connected.lock().contains(agent_id) {
             return Err(GatewayError::NotConnected);
         }
+        if matches!(command, AgentCommand::Run { .. }) {
+            let hold = self.hold_runs.lock().take();
+            if let Some(release) = hold {
+                let _ = release.recv_timeout(Duration::from_secs(10));
+            }
+        }
         self.sent.lock().push((agent_id.to_string(), command));
         Ok(())
+    }
+
+    fn generation(&self, agent_id: &str) -> u64 {
+        self.generations.lock().get(agent_id).copied().unwrap_or(0)
     }
 }
 
@@ -227,7 +248,12 @@ fn late_and_foreign_responses_never_resurrect_a_task() {
     assert_eq!(after.status, TaskStatus::Cancelled);
     assert_eq!(after.output.expect("output").stdout, "");
     assert_eq!(m.stats().late_responses.load(Ordering::Relaxed), 1);
-    assert_eq!(m.stats().unknown_responses.load(Ordering::Relaxed), 2);
+    assert_eq!(m.stats().unknown_responses.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        m.stats().foreign_responses.load(Ordering::Relaxed),
+        1,
+        "another agent's report is a security signal of its own, not an unknown id"
+    );
     assert!(matches!(
         m.cancel_task(t.id),
         Err(TaskError::AlreadyFinished { .. })
@@ -371,15 +397,17 @@ fn a_lost_agent_fails_its_tasks_after_the_grace_unless_it_returns() {
         disconnect_grace: Duration::from_millis(80),
         ..fast_config()
     };
-    let m = TaskManager::start(cfg, FakeGateway::with(&["a1", "a2"])).expect("starts");
+    let gw = FakeGateway::with(&["a1", "a2", "marker"]);
+    let m = TaskManager::start(cfg, gw.clone()).expect("starts");
     let lost = m.send_task("a1", shell("sleep 9"), None).expect("sent");
     let kept = m.send_task("a2", shell("sleep 9"), None).expect("sent");
-    m.agent_connected("a1");
-    m.agent_connected("a2");
-    m.agent_disconnected("a1");
-    m.agent_disconnected("a2");
-    std::thread::sleep(Duration::from_millis(20));
-    m.agent_connected("a2"); // back within the grace
+    let marker = m.send_task("marker", shell("sleep 9"), None).expect("sent");
+    for agent in ["a1", "a2", "marker"] {
+        gw.bump(agent); // connected
+    }
+    m.agent_disconnected("a1", gw.bump("a1"));
+    m.agent_disconnected("a2", gw.bump("a2"));
+    gw.bump("a2"); // back within the grace
     m.report_sink()
         .send(report(
             "a2",
@@ -396,7 +424,12 @@ fn a_lost_agent_fails_its_tasks_after_the_grace_unless_it_returns() {
         m.get_task(lost.id).expect("exists").error.as_deref(),
         Some("agent disconnected")
     );
-    std::thread::sleep(Duration::from_millis(150));
+    // Grace periods fire in the order they were scheduled: once the marker agent's (scheduled
+    // last) has failed its task, a2's has been decided too.
+    m.agent_disconnected("marker", gw.bump("marker"));
+    wait_for("the marker's grace expiry", Duration::from_secs(5), || {
+        status_of(&m, marker.id) == TaskStatus::Failed
+    });
     assert_eq!(
         status_of(&m, kept.id),
         TaskStatus::InProgress,
@@ -648,12 +681,96 @@ fn stress_every_task_ends_in_the_state_its_history_implies() {
     m.shutdown();
 }
 
+/// Set in the child process that [`many_managers_start_and_stop_without_leaving_threads`]
+/// runs itself in, alone, so no other test's threads are counted.
+const THREAD_COUNT_CHILD: &str = "NODELINK_THREAD_COUNT_CHILD";
+
+/// Threads of this process now, from /proc.
+fn process_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("/proc/self/task")
+        .count()
+}
+
 #[test]
 fn many_managers_start_and_stop_without_leaving_threads() {
+    if std::env::var_os(THREAD_COUNT_CHILD).is_none() {
+        // Tests run in parallel threads of one process: count in a process of our own.
+        let exe = std::env::current_exe().expect("test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "tasks::manager::tests::many_managers_start_and_stop_without_leaving_threads",
+                "--exact",
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(THREAD_COUNT_CHILD, "1")
+            .output()
+            .expect("the test binary runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child failed:\n{text}");
+        assert!(
+            text.contains("1 passed"),
+            "the test ran in the child:\n{text}"
+        );
+        return;
+    }
+    let baseline = process_threads();
     for _ in 0..20 {
         let m = TaskManager::start(fast_config(), FakeGateway::with(&["a1"])).expect("starts");
         let _ = recorder(&m);
         m.send_task("a1", shell("x"), None).expect("sent");
+        assert!(
+            process_threads() >= baseline + 3,
+            "response, timer and listener threads run"
+        );
         m.shutdown();
     }
+    wait_for(
+        "threads back to the baseline",
+        Duration::from_secs(10),
+        || process_threads() <= baseline,
+    );
+}
+
+#[test]
+fn a_task_that_times_out_on_its_way_is_stopped_with_reason_timeout() {
+    let gw = FakeGateway::with(&["a1"]);
+    let (release, hold) = crossbeam_channel::bounded::<()>(1);
+    *gw.hold_runs.lock() = Some(hold);
+    let m = TaskManager::start(fast_config(), gw.clone()).expect("starts");
+    let events = recorder(&m);
+    let sender = {
+        let m = m.clone();
+        std::thread::spawn(move || {
+            m.send_task("a1", shell("sleep 9"), Some(Duration::from_millis(20)))
+                .expect("sent")
+        })
+    };
+    // The run request is held in the gateway until the task has timed out.
+    let id = loop {
+        let e = events
+            .recv_timeout(Duration::from_secs(5))
+            .expect("an event");
+        if let EventKind::Status {
+            status: TaskStatus::Timeout,
+            ..
+        } = e.kind
+        {
+            break e.task_id;
+        }
+    };
+    release.send(()).expect("released");
+    let t = sender.join().expect("send_task returns");
+    assert_eq!(t.status, TaskStatus::Timeout);
+    wait_for("the cancel after the run", Duration::from_secs(5), || {
+        gw.cancels_for(id).len() == 2
+    });
+    assert_eq!(
+        gw.cancels_for(id),
+        vec!["timeout".to_string(), "timeout".to_string()],
+        "the timer's cancel and the one that follows the held run request"
+    );
+    m.shutdown();
 }

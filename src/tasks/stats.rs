@@ -19,8 +19,10 @@ pub struct Stats {
     pub responses: AtomicU64,
     /// Responses for tasks already final (late or duplicated).
     pub late_responses: AtomicU64,
-    /// Responses for task ids the manager does not know (or another agent's).
+    /// Responses for task ids the manager does not know.
     pub unknown_responses: AtomicU64,
+    /// Responses about another agent's task (a misbehaving or compromised agent).
+    pub foreign_responses: AtomicU64,
     /// Responses with status UNKNOWN.
     pub malformed_responses: AtomicU64,
     /// Numbered responses an agent sent again that were applied before (after a reconnect).
