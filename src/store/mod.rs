@@ -65,7 +65,7 @@ impl StoreConfig {
             retention_tasks: 1_000_000,
             max_data_bytes: None,
             max_output_bytes: 1 << 20,
-            max_backlog_bytes: 64 << 20,
+            max_backlog_bytes: 8 << 20,
             maintenance_every: Duration::from_secs(60),
         }
     }
