@@ -6,8 +6,11 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tiny_http::Request;
 
-use super::body::{docker_task, shell_task, NewTask};
-use super::json::{agent_json, created_json, detail_json, summary_json};
+use super::body::{docker_task, shell_task, ListLimit, NewTask};
+use super::json::{
+    created_json, detail_json, to_value, Agent, AgentList, AgentTaskList, Cancelled, Health, Ready,
+    TaskList, TaskSummary,
+};
 use super::routes::Route;
 use super::{stream, ApiState};
 use crate::http::request::{read_json_object, require_bearer, Query};
@@ -55,8 +58,8 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
             return (label, code);
         }
         Route::Metrics => return (label, metrics(state, req)),
-        Route::Health => Ok(json!({"status": "ok"})),
-        Route::Ready if state.is_ready() => Ok(json!({"status": "ready"})),
+        Route::Health => Ok(to_value(&Health { status: "ok" })),
+        Route::Ready if state.is_ready() => Ok(to_value(&Ready { status: "ready" })),
         Route::Ready => Err(ApiError::service_unavailable(
             "not ready: starting or shutting down",
             None,
@@ -67,7 +70,7 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
         Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
             .and_then(|b| docker_task(&b))
             .and_then(|t| create(state, t)),
-        Route::ListTasks => list_tasks(state, &query, None),
+        Route::ListTasks => list_tasks(state, &query),
         Route::GetTask => task_id(&route.params).and_then(|id| {
             state
                 .manager
@@ -137,11 +140,7 @@ fn create(state: &ApiState, task: NewTask) -> Result<Value, ApiError> {
 
 fn cancel(state: &ApiState, id: TaskId) -> Result<Value, ApiError> {
     let task = state.manager.cancel_task(id)?;
-    Ok(json!({
-        "message": "Task cancelled successfully",
-        "task_id": task.id.to_string(),
-        "status": task.status.as_str(),
-    }))
+    Ok(to_value(&Cancelled::from(&task)))
 }
 
 fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
@@ -154,16 +153,7 @@ fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
             .with_details(json!({ "parameter": "status" }))
         })?),
     };
-    let limit = match query.u64("limit")? {
-        Some(0) => {
-            return Err(
-                ApiError::bad_request("query parameter `limit` must be at least 1")
-                    .with_details(json!({ "parameter": "limit" })),
-            )
-        }
-        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-        None => None,
-    };
+    let limit = ListLimit::parse(query.get("limit"))?;
     let agent_id = agent
         .map(str::to_string)
         .or_else(|| query.get("agent_id").map(str::to_string));
@@ -174,38 +164,34 @@ fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
     })
 }
 
-fn list_tasks(state: &ApiState, query: &Query, agent: Option<&str>) -> Result<Value, ApiError> {
-    let tasks: Vec<Value> = state
-        .manager
-        .list_tasks(&filter(query, agent)?)
-        .iter()
-        .map(summary_json)
-        .collect();
-    Ok(json!({ "tasks": tasks }))
+fn list_tasks(state: &ApiState, query: &Query) -> Result<Value, ApiError> {
+    let tasks = state.manager.list_tasks(&filter(query, None)?);
+    Ok(to_value(&TaskList {
+        tasks: tasks.iter().map(TaskSummary::from).collect(),
+    }))
 }
 
 fn agent_tasks(state: &ApiState, params: &Params, query: &Query) -> Result<Value, ApiError> {
     let agent = params.get("id").unwrap_or_default();
-    let mut body = list_tasks(state, query, Some(agent))?;
+    let tasks = state.manager.list_tasks(&filter(query, Some(agent))?);
     let known = state.agent_tokens.contains(agent) || state.directory.is_connected(agent);
-    let has_tasks = body["tasks"].as_array().is_some_and(|t| !t.is_empty());
-    if !known && !has_tasks {
+    if !known && tasks.is_empty() {
         return Err(ApiError::not_found(format!("agent `{agent}` is not known"))
             .with_details(json!({ "agent_id": agent })));
     }
-    if let Value::Object(m) = &mut body {
-        m.insert("agent_id".into(), json!(agent));
-    }
-    Ok(body)
+    Ok(to_value(&AgentTaskList {
+        agent_id: agent,
+        tasks: tasks.iter().map(TaskSummary::from).collect(),
+    }))
 }
 
 fn list_agents(state: &ApiState) -> Value {
     let running = state.manager.running_per_agent();
-    let agents: Vec<Value> = state
-        .directory
-        .list()
-        .iter()
-        .map(|a| agent_json(a, running.get(&a.agent_id).copied().unwrap_or(0)))
-        .collect();
-    json!({ "agents": agents })
+    let agents = state.directory.list();
+    to_value(&AgentList {
+        agents: agents
+            .iter()
+            .map(|a| Agent::from_info(a, running.get(&a.agent_id).copied().unwrap_or(0)))
+            .collect(),
+    })
 }
