@@ -34,14 +34,19 @@ pub struct NewTask {
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct ShellTaskRequest {
     /// The agent that runs the command (its id in the server's token file).
+    #[schemars(example = &"web1")]
     pub agent_id: NonEmpty,
     /// The command line, run by the agent's shell as `shell -c cmd`.
+    #[schemars(example = &"uptime")]
     pub cmd: NonBlank,
     /// Seconds until the task is stopped and marked `timeout`.
+    #[schemars(example = 30)]
     pub timeout: Option<Timeout>,
     /// Extra environment variables: names non-empty, without `=` or NUL (old agents ignore it).
+    #[schemars(example = json!({"LANG": "C"}))]
     pub env: Option<EnvVars>,
     /// The directory the command starts in (ignored by agents older than nodelink).
+    #[schemars(example = &"/tmp")]
     pub working_dir: Option<NonEmpty>,
 }
 
@@ -50,12 +55,16 @@ pub struct ShellTaskRequest {
 #[schemars(transform = docker_argument_by_operation)]
 pub struct DockerTaskRequest {
     /// The agent that runs the operation (its id in the server's token file).
+    #[schemars(example = &"web1")]
     pub agent_id: NonEmpty,
     /// The Docker CLI operation.
+    #[schemars(example = &"run")]
     pub operation: DockerOperation,
     /// The image to run; required by `run`.
+    #[schemars(example = &"alpine")]
     pub image: Option<NonBlank>,
     /// The container; required by `start`, `stop` and `logs`.
+    #[schemars(example = &"web-cache")]
     pub id: Option<NonBlank>,
     /// Seconds until the task is stopped and marked `timeout`.
     pub timeout: Option<Timeout>,
