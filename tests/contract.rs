@@ -15,8 +15,17 @@ use support::{Server, ServerOpts, TempDir, API_TOKEN};
 const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/openapi.yaml");
 /// The agent the document's examples name, so example requests reach a connected agent.
 const AGENT: &str = "web1";
-/// Generated cases per operation and phase: enough to find the corners, bounded in time.
-const EXAMPLES: &str = "40";
+/// Generated cases per operation and phase: enough to find the corners, bounded in time
+/// (about 20 s on an idle 2-core machine).
+const EXAMPLES: &str = "200";
+/// Every phase: documented examples, boundary values, random cases, and sequences that follow
+/// the document's links (create a task, then read or cancel it).
+const PHASES: &str = "examples,coverage,fuzzing,stateful";
+/// schemathesis's configuration: a 503 is not a server error here, since the document
+/// promises it (agent not connected, too many connections); the status-code check still fails
+/// any status an operation does not document.
+const CONFIG: &str = "[checks.not_a_server_error]\n\
+    expected-statuses = [\"2xx\", \"3xx\", \"4xx\", \"503\"]\n";
 /// The fuzzer is stopped, and the test fails, after this long.
 const DEADLINE: Duration = Duration::from_secs(240);
 
@@ -48,39 +57,32 @@ fn the_api_answers_what_its_document_says_under_an_openapi_fuzzer() {
     let seed = std::env::var("NODELINK_CONTRACT_SEED").unwrap_or_else(|_| "20261201".into());
     let auth = format!("Authorization: Bearer {API_TOKEN}");
     let url = format!("http://{}", server.http);
+    let config = work.join("schemathesis.toml");
+    std::fs::write(&config, CONFIG).expect("write schemathesis.toml");
     let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "schemathesis.cli",
-        "run",
-        DOC,
-        "--url",
-        &url,
-        "-H",
-        &auth,
-    ])
-    .args([
-        "--checks",
-        "all",
-        "--phases",
-        "examples,coverage,fuzzing,stateful",
-    ])
-    .args([
-        "--max-examples",
-        EXAMPLES,
-        "--seed",
-        &seed,
-        "--workers",
-        "2",
-    ])
-    .args(["--generation-database", "none", "--request-timeout", "10"])
-    .args(["--no-color", "--output-truncate", "false"])
-    // Without `ref` the stream never ends by design; tests/sse_stream.rs covers it.
-    .args(["--exclude-path", "/stream"])
-    .current_dir(&work.0)
-    .stdin(Stdio::null())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.args(["-m", "schemathesis.cli", "--config-file"])
+        .arg(&config)
+        .args(["run", DOC, "--url", &url, "-H", &auth])
+        .args(["--checks", "all", "--phases", PHASES])
+        // DELETE /tasks/{id} cancels: the task stays readable with status `cancelled`, as the
+        // original API's clients expect, so "a deleted resource must be gone" does not apply.
+        .args(["--exclude-checks", "use_after_free"])
+        .args([
+            "--max-examples",
+            EXAMPLES,
+            "--seed",
+            &seed,
+            "--workers",
+            "2",
+        ])
+        .args(["--generation-database", "none", "--request-timeout", "10"])
+        .args(["--no-color", "--output-truncate", "false"])
+        // Without `ref` the stream never ends by design; tests/sse_stream.rs covers it.
+        .args(["--exclude-path", "/stream"])
+        .current_dir(&work.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let started = Instant::now();
     let (code, output) = run_bounded(cmd, DEADLINE);
     eprintln!(

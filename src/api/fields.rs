@@ -93,8 +93,7 @@ impl JsonSchema for NonBlank {
         "NonBlank".into()
     }
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        // `\S`: at least one character that is not whitespace, as `str::trim` sees it.
-        json_schema!({ "type": "string", "minLength": 1, "pattern": "\\S" })
+        json_schema!({ "type": "string", "minLength": 1, "pattern": not_only_whitespace() })
     }
 }
 
@@ -105,6 +104,30 @@ pub(crate) fn seconds(d: Duration) -> Value {
     } else {
         Value::from(d.as_secs_f64())
     }
+}
+
+/// A regular expression that finds a character `str::trim` keeps: a class of everything but
+/// Rust's whitespace, spelled out, since `\s` means other characters in other regex engines
+/// (Python's includes U+001C to U+001F).
+fn not_only_whitespace() -> String {
+    let mut class = String::from("[^");
+    let mut chars = ('\0'..=char::MAX).filter(|c| c.is_whitespace()).peekable();
+    while let Some(first) = chars.next() {
+        let mut last = first;
+        while let Some(&next) = chars.peek() {
+            if next as u32 != last as u32 + 1 {
+                break;
+            }
+            last = next;
+            chars.next();
+        }
+        class.push_str(&format!("\\u{:04x}", first as u32));
+        if last != first {
+            class.push_str(&format!("-\\u{:04x}", last as u32));
+        }
+    }
+    class.push(']');
+    class
 }
 
 /// A task's deadline in seconds (fractions allowed). The parser refuses what is not a positive
@@ -194,7 +217,7 @@ impl JsonSchema for EnvVars {
         json_schema!({
             "type": "object",
             "additionalProperties": { "type": "string" },
-            "description": "variable names: non-empty, without `=` or NUL",
+            "propertyNames": { "minLength": 1, "pattern": "^[^=\\u0000]*$" },
         })
     }
 }
@@ -265,5 +288,24 @@ impl JsonSchema for DockerOperation {
     fn json_schema(_: &mut SchemaGenerator) -> Schema {
         let names: Vec<&str> = DockerOperation::ALL.iter().map(|o| o.as_str()).collect();
         json_schema!({ "type": "string", "enum": names })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blank_pattern_spells_out_rusts_whitespace() {
+        assert_eq!(
+            not_only_whitespace(),
+            "[^\\u0009-\\u000d\\u0020\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028-\\u2029\
+             \\u202f\\u205f\\u3000]"
+        );
+        let blank: String = ('\0'..=char::MAX).filter(|c| c.is_whitespace()).collect();
+        let parsed: Result<NonBlank, _> = serde_json::from_value(Value::String(blank));
+        assert!(parsed.is_err(), "only whitespace is blank");
+        let parsed: Result<NonBlank, _> = serde_json::from_value(Value::String("\u{1c}".into()));
+        assert!(parsed.is_ok(), "U+001C is not whitespace to str::trim");
     }
 }

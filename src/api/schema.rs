@@ -47,11 +47,14 @@ pub fn components() -> Map<String, Value> {
     all
 }
 
+/// JSON Schema 2020-12, the dialect of OpenAPI 3.1 (3.0's could not say what an environment
+/// variable's name must be: it has no `propertyNames`).
 fn generator(contract: Contract) -> SchemaGenerator {
-    SchemaSettings::openapi3()
+    SchemaSettings::draft2020_12()
         .with(|s| {
             s.contract = contract;
             s.meta_schema = None;
+            s.definitions_path = "/components/schemas".into();
         })
         .into_generator()
 }
