@@ -310,9 +310,11 @@ fn listing_tasks_is_newest_first_and_filters_by_status_agent_and_limit() {
     }
     for (query, needle) in [
         ("status=bogus", "unknown status"),
-        ("limit=0", "at least 1"),
-        ("limit=x", "limit"),
-        ("limit=-1", "limit"),
+        ("limit=0", "between 1 and 1000"),
+        ("limit=x", "between 1 and 1000"),
+        ("limit=-1", "between 1 and 1000"),
+        ("limit=1001", "between 1 and 1000"),
+        ("limit=18446744073709551616", "between 1 and 1000"),
     ] {
         assert_error(&c.get(&format!("/tasks?{query}")), 400, needle);
     }

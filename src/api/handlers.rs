@@ -6,8 +6,11 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use tiny_http::Request;
 
-use super::body::{docker_task, shell_task, NewTask};
-use super::json::{agent_json, created_json, detail_json, summary_json};
+use super::body::{docker_task, shell_task, ListLimit, NewTask};
+use super::json::{
+    created_json, detail_json, to_value, Agent, AgentList, AgentTaskList, Cancelled, Health, Ready,
+    TaskList, TaskSummary,
+};
 use super::routes::Route;
 use super::{stream, ApiState};
 use crate::http::request::{read_json_object, require_bearer, Query};
@@ -15,7 +18,7 @@ use crate::http::{respond, ApiError, Params};
 use crate::limits::Limit;
 use std::sync::Arc;
 
-use crate::tasks::{Origin, TaskFilter, TaskId, TaskStatus, MAX_LIST_LIMIT};
+use crate::tasks::{Origin, TaskFilter, TaskId, TaskStatus};
 
 /// Answers one request and records it in the metrics; the HTTP workers' handler.
 pub fn handle(state: &ApiState, req: Request) {
@@ -57,7 +60,7 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
             return (label, code);
         }
         Route::Metrics => return (label, metrics(state, req)),
-        Route::Health => Ok(json!({"status": "ok"})),
+        Route::Health => Ok(to_value(&Health { status: "ok" })),
         Route::Ready => ready(state),
         Route::CreateShell => read_json_object(&mut req, state.max_body_bytes)
             .and_then(|b| shell_task(&b))
@@ -65,7 +68,7 @@ fn dispatch(state: &ApiState, mut req: Request) -> (&'static str, u16) {
         Route::CreateDocker => read_json_object(&mut req, state.max_body_bytes)
             .and_then(|b| docker_task(&b))
             .and_then(|t| create(state, t, origin(&req))),
-        Route::ListTasks => list_tasks(state, &query, None),
+        Route::ListTasks => list_tasks(state, &query),
         Route::GetTask => task_id(&route.params).and_then(|id| {
             state
                 .manager
@@ -139,7 +142,7 @@ fn ready(state: &ApiState) -> Result<Value, ApiError> {
             None,
         ));
     }
-    Ok(json!({"status": "ready"}))
+    Ok(to_value(&Ready { status: "ready" }))
 }
 
 /// Who is asking: the one API token's holder, from the client's address.
@@ -168,11 +171,7 @@ fn create(state: &ApiState, task: NewTask, origin: Origin) -> Result<Value, ApiE
 
 fn cancel(state: &ApiState, id: TaskId, origin: Origin) -> Result<Value, ApiError> {
     let task = state.manager.cancel_task_as(id, origin)?;
-    Ok(json!({
-        "message": "Task cancelled successfully",
-        "task_id": task.id.to_string(),
-        "status": task.status.as_str(),
-    }))
+    Ok(to_value(&Cancelled::from(&task)))
 }
 
 fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
@@ -185,22 +184,7 @@ fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
             .with_details(json!({ "parameter": "status" }))
         })?),
     };
-    let limit = match query.u64("limit")? {
-        Some(0) => {
-            return Err(
-                ApiError::bad_request("query parameter `limit` must be at least 1")
-                    .with_details(json!({ "parameter": "limit" })),
-            )
-        }
-        Some(n) if n > MAX_LIST_LIMIT as u64 => {
-            return Err(ApiError::bad_request(format!(
-                "query parameter `limit` must be between 1 and {MAX_LIST_LIMIT}"
-            ))
-            .with_details(json!({ "parameter": "limit" })))
-        }
-        Some(n) => Some(n as usize),
-        None => None,
-    };
+    let limit = ListLimit::parse(query.get("limit"))?;
     let agent_id = agent
         .map(str::to_string)
         .or_else(|| query.get("agent_id").map(str::to_string));
@@ -231,47 +215,113 @@ fn valid_cursor(c: &str) -> bool {
             .is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok())
 }
 
-/// An RFC 3339 UTC time parameter (`2026-12-01T21:00:00Z`).
+/// An RFC 3339 time parameter (`2026-12-01T21:00:00Z`, `2026-12-01T22:00:00+01:00`).
 fn time_param(query: &Query, key: &str) -> Result<Option<std::time::SystemTime>, ApiError> {
     match query.get(key) {
         None => Ok(None),
-        Some(v) => humantime::parse_rfc3339_weak(v).map(Some).map_err(|_| {
+        Some(v) => parse_rfc3339(v).map(Some).ok_or_else(|| {
             ApiError::bad_request(format!(
-                "query parameter `{key}` must be an RFC 3339 UTC time such as 2026-12-01T21:00:00Z"
+                "query parameter `{key}` must be an RFC 3339 time such as 2026-12-01T21:00:00Z"
             ))
             .with_details(json!({ "parameter": key }))
         }),
     }
 }
 
-fn list_tasks(state: &ApiState, query: &Query, agent: Option<&str>) -> Result<Value, ApiError> {
-    let page = state.manager.list_tasks(&filter(query, agent)?)?;
-    let tasks: Vec<Value> = page.tasks.iter().map(summary_json).collect();
-    Ok(json!({ "tasks": tasks, "next_cursor": page.next_cursor }))
+/// RFC 3339 with `Z` or a numeric offset (humantime reads only the UTC forms). A time before
+/// 1970 reads as 1970: no task was created earlier, so filters mean the same.
+fn parse_rfc3339(v: &str) -> Option<std::time::SystemTime> {
+    let mut v = v.to_ascii_uppercase();
+    if let Some(year) = v.get(..4).and_then(|y| y.parse::<u32>().ok()) {
+        if year < 1970 && v.is_char_boundary(4) {
+            v.replace_range(..4, "1970");
+            return parse_utc_or_offset(&v).map(|_| std::time::UNIX_EPOCH);
+        }
+    }
+    parse_utc_or_offset(&v)
+}
+
+fn parse_utc_or_offset(v: &str) -> Option<std::time::SystemTime> {
+    if let Ok(t) = humantime::parse_rfc3339_weak(&v) {
+        return Some(t);
+    }
+    let (base, offset) = v.split_at(v.len().checked_sub(6)?);
+    let bytes = offset.as_bytes();
+    if !matches!(bytes[0], b'+' | b'-') || bytes[3] != b':' {
+        return None;
+    }
+    let hours: u64 = offset.get(1..3)?.parse().ok()?;
+    let minutes: u64 = offset.get(4..6)?.parse().ok()?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    let shift = std::time::Duration::from_secs(hours * 3600 + minutes * 60);
+    let local = humantime::parse_rfc3339_weak(&format!("{base}Z")).ok()?;
+    // Local time ahead of UTC (+) means the UTC instant is earlier.
+    if bytes[0] == b'+' {
+        local.checked_sub(shift)
+    } else {
+        local.checked_add(shift)
+    }
+}
+
+fn list_tasks(state: &ApiState, query: &Query) -> Result<Value, ApiError> {
+    let page = state.manager.list_tasks(&filter(query, None)?)?;
+    Ok(to_value(&TaskList {
+        tasks: page.tasks.iter().map(TaskSummary::from).collect(),
+        next_cursor: page.next_cursor.as_deref(),
+    }))
 }
 
 fn agent_tasks(state: &ApiState, params: &Params, query: &Query) -> Result<Value, ApiError> {
     let agent = params.get("id").unwrap_or_default();
-    let mut body = list_tasks(state, query, Some(agent))?;
+    let page = state.manager.list_tasks(&filter(query, Some(agent))?)?;
     let known = state.agent_tokens.contains(agent) || state.directory.is_connected(agent);
-    let has_tasks = body["tasks"].as_array().is_some_and(|t| !t.is_empty());
-    if !known && !has_tasks {
+    if !known && page.tasks.is_empty() {
         return Err(ApiError::not_found(format!("agent `{agent}` is not known"))
             .with_details(json!({ "agent_id": agent })));
     }
-    if let Value::Object(m) = &mut body {
-        m.insert("agent_id".into(), json!(agent));
-    }
-    Ok(body)
+    Ok(to_value(&AgentTaskList {
+        agent_id: agent,
+        tasks: page.tasks.iter().map(TaskSummary::from).collect(),
+        next_cursor: page.next_cursor.as_deref(),
+    }))
 }
 
 fn list_agents(state: &ApiState) -> Value {
     let running = state.manager.running_per_agent();
-    let agents: Vec<Value> = state
-        .directory
-        .list()
-        .iter()
-        .map(|a| agent_json(a, running.get(&a.agent_id).copied().unwrap_or(0)))
-        .collect();
-    json!({ "agents": agents })
+    let agents = state.directory.list();
+    to_value(&AgentList {
+        agents: agents
+            .iter()
+            .map(|a| Agent::from_info(a, running.get(&a.agent_id).copied().unwrap_or(0)))
+            .collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rfc3339;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_times_with_zulu_or_an_offset_name_the_same_instant() {
+        let utc = UNIX_EPOCH + Duration::from_secs(1_764_622_800); // 2025-12-01T21:00:00Z
+        for text in [
+            "2025-12-01T21:00:00Z",
+            "2025-12-01t21:00:00z",
+            "2025-12-01T22:30:00+01:30",
+            "2025-12-01T19:00:00-02:00",
+        ] {
+            assert_eq!(parse_rfc3339(text), Some(utc), "{text}");
+        }
+        for bad in [
+            "",
+            "yesterday",
+            "2025-12-01T21:00:00+25:00",
+            "2025-12-01T21:00:00+0100",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 }
