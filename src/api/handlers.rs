@@ -231,6 +231,9 @@ fn time_param(query: &Query, key: &str) -> Result<Option<std::time::SystemTime>,
 /// RFC 3339 with `Z` or a numeric offset (humantime reads only the UTC forms). A time before
 /// 1970 reads as 1970: no task was created earlier, so filters mean the same.
 fn parse_rfc3339(v: &str) -> Option<std::time::SystemTime> {
+    if !v.is_ascii() {
+        return None; // and every slice below is on a character boundary
+    }
     let mut v = v.to_ascii_uppercase();
     if let Some(year) = v.get(..4).and_then(|y| y.parse::<u32>().ok()) {
         if year < 1970 && v.is_char_boundary(4) {
@@ -242,7 +245,7 @@ fn parse_rfc3339(v: &str) -> Option<std::time::SystemTime> {
 }
 
 fn parse_utc_or_offset(v: &str) -> Option<std::time::SystemTime> {
-    if let Ok(t) = humantime::parse_rfc3339_weak(&v) {
+    if let Ok(t) = humantime::parse_rfc3339_weak(v) {
         return Some(t);
     }
     let (base, offset) = v.split_at(v.len().checked_sub(6)?);
