@@ -22,6 +22,17 @@ fn opts(data: &TempDir, http: &str, grpc: &str) -> ServerOpts {
     }
 }
 
+/// Runs `nodelink server --dev` on data directory `dir` until it exits (it is expected to
+/// refuse to start).
+fn dev_server_on(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(support::binary())
+        .args(["server", "--dev", "--http-addr", "127.0.0.1:0"])
+        .args(["--grpc-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .output()
+        .expect("runs")
+}
+
 fn expected_output() -> String {
     (1..=LINES).map(|i| format!("line{i}\n")).collect()
 }
@@ -207,20 +218,7 @@ fn tasks_of_an_agent_that_never_returns_fail_after_the_grace() {
 fn a_second_server_on_the_same_data_dir_refuses_to_start() {
     let data = TempDir::new("locked");
     let _first = Server::start_with(opts(&data, &free_addr(), &free_addr()));
-    let mut cmd = std::process::Command::new(support::binary());
-    let out = cmd
-        .args([
-            "server",
-            "--dev",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.join("data"))
-        .output()
-        .expect("runs");
+    let out = dev_server_on(&data.join("data"));
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("in use by another nodelink server"), "{err}");
@@ -296,19 +294,7 @@ fn a_damaged_database_is_a_one_line_error_and_stays_untouched() {
     let db = dir.join("nodelink.db");
     let junk = b"not a database at all".repeat(512);
     std::fs::write(&db, &junk).expect("write");
-    let out = std::process::Command::new(support::binary())
-        .args([
-            "server",
-            "--dev",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--grpc-addr",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&dir)
-        .output()
-        .expect("runs");
+    let out = dev_server_on(&dir);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unreadable or damaged"), "{err}");

@@ -35,12 +35,7 @@ enum Timer {
     TaskTimeout(TaskId),
     Unroute(TaskId),
     Sweep,
-    AgentGrace {
-        agent_id: Arc<str>,
-        generation: u64,
-    },
-    /// After a restart: tasks of an agent that has not connected since fail.
-    RestartGrace(Arc<str>),
+    AgentGrace { agent_id: Arc<str>, generation: u64 },
 }
 
 /// A task's history as a late-joining or resuming reader gets it.
@@ -1008,7 +1003,12 @@ impl Inner {
             humantime::format_duration(self.cfg.disconnect_grace)
         );
         for agent in agents {
-            self.timers.schedule(grace, Timer::RestartGrace(agent));
+            // Generation 0: the agent has not connected since this server started.
+            let grace_timer = Timer::AgentGrace {
+                agent_id: agent,
+                generation: 0,
+            };
+            self.timers.schedule(grace, grace_timer);
         }
     }
 
@@ -1039,27 +1039,6 @@ impl Inner {
                         .schedule_after(self.cfg.cleanup_interval, Timer::Sweep);
                 }
             }
-            Timer::RestartGrace(agent_id) => {
-                if self.gateway.generation(&agent_id) > 0 {
-                    return; // it connected since the restart: its own grace applies
-                }
-                let mut reg = self.registry.write();
-                let lost = reg.unfinished_of(&agent_id);
-                for id in &lost {
-                    self.apply(
-                        &mut reg,
-                        *id,
-                        Trigger::AgentLost,
-                        Some("agent did not return after server restart".into()),
-                    );
-                }
-                if !lost.is_empty() {
-                    log::warn!(
-                        "Agent {agent_id} did not return after the restart; {} task(s) failed",
-                        lost.len()
-                    );
-                }
-            }
             Timer::AgentGrace {
                 agent_id,
                 generation,
@@ -1071,18 +1050,20 @@ impl Inner {
                 if self.gateway.generation(&agent_id) != generation {
                     return; // it came back (or went again: a newer timer decides)
                 }
+                // Generation 0: the agent has not connected since this server started, and
+                // its tasks were taken up from durable history.
+                let reason = if generation == 0 {
+                    "agent did not return after server restart"
+                } else {
+                    "agent disconnected"
+                };
                 let lost = reg.unfinished_of(&agent_id);
                 for id in &lost {
-                    self.apply(
-                        &mut reg,
-                        *id,
-                        Trigger::AgentLost,
-                        Some("agent disconnected".into()),
-                    );
+                    self.apply(&mut reg, *id, Trigger::AgentLost, Some(reason.into()));
                 }
                 if !lost.is_empty() {
                     log::warn!(
-                        "Agent {agent_id} did not come back; {} task(s) failed",
+                        "Agent {agent_id} did not come back ({reason}); {} task(s) failed",
                         lost.len()
                     );
                 }
