@@ -52,10 +52,11 @@ trap cleanup EXIT
 # Credentials: bench-0000 .. bench-1999 with random tokens, and an API token.
 write_credentials "$work/agents.json" 'bench-%04d' "$agents"
 
-# A fresh server with a generous registry; sets server_pid, http_addr, grpc_addr.
+# A fresh server with a generous registry and output budget (ingest verifies every byte its
+# tasks retain); sets server_pid, http_addr, grpc_addr.
 start_bench_server() {
   start_server "$1" --agent-tokens "$work/agents.json" --api-token "$api_token" \
-    --max-tasks 1000000
+    --max-tasks 1000000 --max-output-total-bytes 4294967296
 }
 
 stop_server() {

@@ -177,7 +177,7 @@ fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
 fn list_tasks(state: &ApiState, query: &Query, agent: Option<&str>) -> Result<Value, ApiError> {
     let tasks: Vec<Value> = state
         .manager
-        .list_tasks(&filter(query, agent)?)
+        .list_tasks(&filter(query, agent)?)?
         .iter()
         .map(summary_json)
         .collect();

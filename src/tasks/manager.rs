@@ -32,7 +32,6 @@ use crate::timer::{TimerHandle, TimerThread};
 #[derive(Debug)]
 enum Timer {
     TaskTimeout(TaskId),
-    Unroute(TaskId),
     Sweep,
     AgentGrace { agent_id: Arc<str>, generation: u64 },
 }
@@ -182,9 +181,21 @@ impl TaskManager {
             .map(|t| t.snapshot(true))
     }
 
-    /// Tasks matching `filter`, newest first, without output.
-    pub fn list_tasks(&self, filter: &TaskFilter) -> Vec<TaskSnapshot> {
-        self.inner.registry.read().list(filter)
+    /// Tasks matching `filter`, newest first, without output; at most
+    /// [`TaskFilter::MAX_LIMIT`] may be asked for.
+    pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskSnapshot>, TaskError> {
+        if filter.limit() > TaskFilter::MAX_LIMIT {
+            return Err(invalid(
+                "limit",
+                format!("must be at most {}", TaskFilter::MAX_LIMIT),
+            ));
+        }
+        Ok(self.inner.registry.read().list(filter))
+    }
+
+    /// Output retained by all tasks together, in bytes (see `ManagerConfig::max_output_total_bytes`).
+    pub fn output_total_bytes(&self) -> usize {
+        self.inner.registry.read().output_total()
     }
 
     /// Number of tasks held.
@@ -454,12 +465,24 @@ impl Inner {
                 return;
             }
         };
+        let says_nothing = rep.stdout.is_empty()
+            && rep.stderr.is_empty()
+            && rep.exit_code.is_none()
+            && !rep.is_final
+            && !rep.cancelled;
+        if says_nothing && matches!(step, Transition::Stay) {
+            // Nothing changes, so nothing is recorded or published: an agent repeating empty
+            // responses costs no memory.
+            self.stats.empty_responses.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let now = SystemTime::now();
         task.updated_at = now;
         if rep.exit_code.is_some() {
             task.exit_code = rep.exit_code;
         }
-        let was_truncated = task.output.truncated();
+        let was_cut = task.output.cap_hit();
+        let held = task.output.retained_bytes();
         let seq = task.output.record_output(
             now,
             rep.status,
@@ -469,7 +492,7 @@ impl Inner {
             &rep.stderr,
             rep.exit_code,
         );
-        if !was_truncated && task.output.truncated() {
+        if !was_cut && task.output.cap_hit() {
             self.stats.output_truncated.fetch_add(1, Ordering::Relaxed);
         }
         let reason = match step {
@@ -504,6 +527,12 @@ impl Inner {
         );
         if let Transition::To(new) = step {
             self.set_status(&mut reg, id, new, reason);
+        }
+        let shed = reg.output_changed(&id, held, self.cfg.max_output_total_bytes);
+        if shed > 0 {
+            self.stats
+                .output_budget_shed
+                .fetch_add(shed as u64, Ordering::Relaxed);
         }
     }
 
@@ -564,8 +593,6 @@ impl Inner {
                     .duration
                     .observe(now.duration_since(task.created_at).unwrap_or_default());
             }
-            self.timers
-                .schedule_after(self.cfg.cleanup_delay, Timer::Unroute(id));
         }
     }
 
@@ -600,7 +627,6 @@ impl Inner {
                 log::info!("Task {id} timed out on agent {agent}");
                 self.tell_agent_to_stop(&agent, id, "timeout");
             }
-            Timer::Unroute(id) => self.registry.write().unroute(&id),
             Timer::Sweep => {
                 self.cleanup(self.cfg.cleanup_age);
                 if !self.stopping.load(Ordering::SeqCst) {

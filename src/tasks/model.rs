@@ -289,6 +289,19 @@ pub struct TaskFilter {
     pub status: Option<TaskStatus>,
     /// Only tasks of this agent.
     pub agent_id: Option<String>,
-    /// At most this many, newest first.
+    /// At most this many, newest first: [`TaskFilter::DEFAULT_LIMIT`] when not given, and
+    /// refused above [`TaskFilter::MAX_LIMIT`].
     pub limit: Option<usize>,
+}
+
+impl TaskFilter {
+    /// Tasks one listing returns when no limit is given.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// Most tasks one listing may return: a listing is built under the registry's read lock.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// The limit in effect.
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(Self::DEFAULT_LIMIT)
+    }
 }
