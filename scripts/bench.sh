@@ -53,14 +53,15 @@ trap cleanup EXIT
 # Credentials: bench-0000 .. bench-1999 with random tokens, and an API token.
 write_credentials "$work/agents.json" 'bench-%04d' "$agents"
 
-# A fresh server with a generous registry and a fresh data directory (or, with
-# server_extra=(--in-memory), none); sets server_pid, http_addr, grpc_addr.
+# A fresh server with a generous registry and output budget (ingest verifies every byte its
+# tasks retain) and a fresh data directory (or, with server_extra=(--in-memory), none); sets
+# server_pid, http_addr, grpc_addr.
 server_extra=()
 start_bench_server() {
   local store=(--data-dir "$work/data-$2")
   [[ " ${server_extra[*]} " == *" --in-memory "* ]] && store=()
   start_server "$1" --agent-tokens "$work/agents.json" --api-token-file "$api_token_file" \
-    --max-tasks 1000000 "${store[@]}" "${server_extra[@]}"
+    --max-tasks 1000000 --max-output-total-bytes 4294967296 "${store[@]}" "${server_extra[@]}"
 }
 
 stop_server() {

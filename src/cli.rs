@@ -89,9 +89,18 @@ pub struct ServerArgs {
     /// Bytes of stdout and of stderr kept per task.
     #[arg(long, env = "NODELINK_MAX_OUTPUT_BYTES", default_value_t = 1 << 20)]
     pub max_output_bytes: usize,
-    /// How long a finished task stays routed to its agent.
-    #[arg(long, env = "NODELINK_CLEANUP_DELAY", default_value = "5s", value_parser = duration)]
-    pub cleanup_delay: Duration,
+    /// Bytes of output kept by all tasks together; beyond it the oldest output goes first
+    /// (finished tasks', then running tasks'), and those tasks are marked truncated.
+    #[arg(long, env = "NODELINK_MAX_OUTPUT_TOTAL_BYTES", default_value_t = 256 << 20)]
+    pub max_output_total_bytes: usize,
+    /// Events queued for each event listener (the SSE hub) before it counts as behind and
+    /// loses events (global streams are then told with a `gap` event).
+    #[arg(long, env = "NODELINK_LISTENER_QUEUE", default_value_t = 65_536)]
+    pub listener_queue: usize,
+    /// Deprecated and ignored (accepted so existing command lines keep working): a finished
+    /// task leaves its agent's routing at once.
+    #[arg(long, env = "NODELINK_CLEANUP_DELAY", value_parser = duration)]
+    pub cleanup_delay: Option<Duration>,
     /// How long finished tasks stay queryable.
     #[arg(long, env = "NODELINK_CLEANUP_AGE", default_value = "30m", value_parser = duration)]
     pub cleanup_age: Duration,

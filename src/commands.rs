@@ -17,15 +17,19 @@ use nodelink::tasks::ManagerConfig;
 use nodelink::tls::{load_pem, AgentTls, HttpTls, ServerTls, TlsError};
 
 fn server_config(args: &ServerArgs) -> ServerConfig {
+    if args.cleanup_delay.is_some() {
+        log::warn!("--cleanup-delay is deprecated and ignored: a finished task leaves its agent's routing at once");
+    }
     let manager = ManagerConfig {
         response_channel_capacity: args.response_channel,
-        cleanup_delay: args.cleanup_delay,
         cleanup_age: args.cleanup_age,
         cleanup_interval: args.cleanup_interval,
         disconnect_grace: args.disconnect_grace,
         max_tasks: args.max_tasks,
         max_output_bytes: args.max_output_bytes,
         cache_finished: args.cache_finished,
+        max_output_total_bytes: args.max_output_total_bytes,
+        listener_queue: args.listener_queue.max(1),
         ..ManagerConfig::default()
     };
     ServerConfig {

@@ -2,7 +2,7 @@
 //! (`nodelink_limit_hits_total{limit=...}`), and the counters of the hits nodelink's edges
 //! see themselves. The other hits are counted where they happen: tiny_http's
 //! `ServerCounters` (request line, headers, connections, before a request reaches us) and
-//! `tasks::Stats` (output truncated). Plain atomics: any thread bumps them without a lock.
+//! `tasks::Stats` (output truncated per task and by the server-wide budget). Plain atomics: any thread bumps them without a lock.
 //!
 //! Not here: `--max-grpc-message-bytes`. gRPC's core enforces it (`max_receive_message_len`)
 //! and fails the agent's call with RESOURCE_EXHAUSTED, but grpcio shows the server only the
@@ -30,11 +30,14 @@ pub enum Limit {
     Tasks,
     /// `--max-output-bytes`: a task's retained output was truncated (counted once per task).
     OutputBytes,
+    /// `--max-output-total-bytes`: a task lost retained output to the server-wide budget
+    /// (counted once per task).
+    OutputTotalBytes,
 }
 
 impl Limit {
     /// Every limit, in the order `/metrics` lists them.
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::BodyBytes,
         Limit::HeaderBytes,
         Limit::RequestLineBytes,
@@ -43,6 +46,7 @@ impl Limit {
         Limit::Agents,
         Limit::Tasks,
         Limit::OutputBytes,
+        Limit::OutputTotalBytes,
     ];
 
     /// The `limit` label value.
@@ -56,6 +60,7 @@ impl Limit {
             Limit::Agents => "agents",
             Limit::Tasks => "tasks",
             Limit::OutputBytes => "output_bytes",
+            Limit::OutputTotalBytes => "output_total_bytes",
         }
     }
 }

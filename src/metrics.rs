@@ -159,6 +159,7 @@ impl StateCollector {
             Limit::RequestLineBytes => self.edge.request_lines_too_long(),
             Limit::Connections => self.edge.connections_refused(),
             Limit::OutputBytes => load(&self.manager.stats().output_truncated),
+            Limit::OutputTotalBytes => load(&self.manager.stats().output_budget_shed),
             Limit::BodyBytes | Limit::SseClients | Limit::Agents | Limit::Tasks => {
                 self.hits.get(limit)
             }

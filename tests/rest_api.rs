@@ -12,7 +12,8 @@ use nodelink::api::ROUTES;
 use serde_json::{json, Value};
 use support::http::{connect, read_head, read_response};
 use support::{
-    create_shell, wait_final, wait_until, Client, Response, Server, ServerOpts, API_TOKEN,
+    create_shell, limit_hits, wait_final, wait_until, Client, Response, Server, ServerOpts,
+    API_TOKEN,
 };
 
 const FINAL: Duration = Duration::from_secs(30);
@@ -952,4 +953,68 @@ fn running_with(needle: &str) -> bool {
             .is_some_and(|s| s.trim_start().starts_with('Z'));
         !zombie && String::from_utf8_lossy(&cmdline).contains(needle)
     })
+}
+
+#[test]
+fn a_listing_returns_100_tasks_by_default_and_refuses_a_limit_above_1000() {
+    let server = Server::start();
+    let c = server.client();
+    // Tasks for an agent that is not connected are recorded (as failed) at once.
+    for _ in 0..105 {
+        let r = post(
+            &c,
+            "/tasks/shell",
+            json!({"agent_id": "ghost", "cmd": "true"}),
+        );
+        assert_eq!(r.status, 503, "{}", r.body);
+    }
+    assert_eq!(task_count(&c), 100, "the default limit");
+    let r = c.get("/tasks?limit=1000");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(ids(&r.json()).len(), 105);
+    let e = assert_error(&c.get("/tasks?limit=1001"), 400, "at most 1000");
+    assert_eq!(e["details"]["field"], "limit");
+    assert_error(
+        &c.get("/agents/ghost/tasks?limit=5000"),
+        400,
+        "at most 1000",
+    );
+}
+
+/// Beyond `--max-output-total-bytes` the oldest retained output goes first (finished tasks',
+/// then running tasks'); the tasks are marked truncated and the hit is counted.
+#[test]
+fn the_server_wide_output_budget_sheds_the_oldest_output_first() {
+    let server = server_with(&[
+        "--max-output-total-bytes",
+        "300000",
+        "--cleanup-delay",
+        "5s",
+    ]);
+    // The deprecated flag is accepted, and said to be ignored.
+    server
+        .proc
+        .wait_log("--cleanup-delay is deprecated and ignored", FINAL);
+    let _a1 = server.agent("a1", "t1");
+    let c = server.client();
+    let first = create_shell(&c, "a1", "head -c 200000 /dev/zero | tr '\\0' a");
+    let t = wait_final(&c, &first, FINAL);
+    assert_eq!(t["stdout"].as_str().map(str::len), Some(200_000));
+    assert_eq!(t["stdout_truncated"], false);
+    assert_eq!(limit_hits(&c, "output_total_bytes"), 0.0);
+    let second = create_shell(&c, "a1", "head -c 200000 /dev/zero | tr '\\0' b");
+    let t = wait_final(&c, &second, FINAL);
+    assert_eq!(
+        t["stdout"].as_str().map(str::len),
+        Some(200_000),
+        "the newest task keeps its output"
+    );
+    let old = c.get(&format!("/tasks/{first}")).json();
+    let kept = old["stdout"].as_str().map_or(0, str::len);
+    assert!(
+        kept < 100_000,
+        "the finished task's output went first: {kept} bytes left"
+    );
+    assert_eq!(old["stdout_truncated"], true);
+    assert_eq!(limit_hits(&c, "output_total_bytes"), 1.0);
 }

@@ -1,7 +1,7 @@
-//! Issue 4: Server-Sent Events as a client reads them with a plain HTTP client, from a real
-//! server fed by real agents: live delivery line by line, the status events, the end of a
-//! task's stream, resumption with `Last-Event-ID`, late joins, slow readers, the global stream
-//! and the errors of `/stream`.
+//! Server-Sent Events as a client reads them with a plain HTTP client, from a real server fed
+//! by real agents: live delivery line by line, the status events, the end of a task's stream,
+//! resumption with `Last-Event-ID`, late joins, slow readers, the global stream, its `gap`
+//! events and the errors of `/stream`.
 
 mod support;
 
@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::fake_agent::FakeAgent;
 use support::http::Event;
 use support::{create_shell, wait_final, Client, Server, ServerOpts, SseStream};
 
@@ -244,9 +245,18 @@ fn last_event_id_resumes_with_exactly_the_events_after_it() {
     assert_eq!(stdout, "1\n2\n3\n4\n", "no line lost or repeated");
 }
 
+/// A stall of the fast reader behind the slow one would last until the slow reader's socket
+/// write timed out (`--http-timeout`); the fast reader's longest wait between two events must
+/// stay well below it. Comparing the longest wait rather than the total time keeps the bound
+/// independent of how fast a loaded machine moves 12 MB.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[test]
 fn a_slow_reader_does_not_stall_a_fast_reader_of_the_same_task() {
-    let server = Server::start();
+    let server = Server::start_with(ServerOpts {
+        extra: vec!["--http-timeout".into(), "30s".into()],
+        ..Default::default()
+    });
     let _a1 = server.agent("a1", "t1");
     let c = server.client();
     // Far more than the socket buffers of a client that does not read can absorb.
@@ -260,7 +270,20 @@ fn a_slow_reader_does_not_stall_a_fast_reader_of_the_same_task() {
     let mut fast = task_stream(&c, &id, None);
 
     let started = Instant::now();
-    let fast_events = read_to_end(&mut fast);
+    let mut fast_events = Vec::new();
+    let mut longest_wait = Duration::ZERO;
+    let mut last_at: Option<Instant> = None;
+    while let Some(e) = fast.next_event(LIMIT) {
+        let now = Instant::now();
+        // From the first output on, events follow each other as fast as the task prints.
+        if let Some(prev) = last_at {
+            longest_wait = longest_wait.max(now - prev);
+        }
+        if e.event == "response" {
+            last_at = Some(now);
+        }
+        fast_events.push(e);
+    }
     let fast_took = started.elapsed();
     assert!(
         is_final_status(fast_events.last().expect("events")),
@@ -278,8 +301,9 @@ fn a_slow_reader_does_not_stall_a_fast_reader_of_the_same_task() {
         "the fast reader got every byte"
     );
     assert!(
-        fast_took < Duration::from_secs(60),
-        "fast reader took {fast_took:?}"
+        longest_wait < WRITE_TIMEOUT / 2,
+        "the fast reader waited {longest_wait:?} between two events (in {fast_took:?} in all): \
+         it was held up by the slow reader"
     );
 
     // The slow reader, which has not read a byte so far, still gets everything: from its
@@ -549,5 +573,122 @@ fn a_last_event_id_beyond_a_running_task_still_gets_its_live_events_and_end() {
     assert!(
         is_final_status(events.last().expect("events")),
         "and the stream ends with the final status"
+    );
+}
+
+/// Reads a global stream until every id up to `total` is accounted for: each one arrives as
+/// an event, or is named by a `gap` event before anything after it.
+fn account_for(mut next_event: impl FnMut() -> Option<Event>, total: u64) -> Vec<Event> {
+    let mut next = 1;
+    let mut out = Vec::new();
+    while next <= total {
+        let e = next_event().expect("the global stream stays open");
+        if e.event == "gap" {
+            let d = e.json();
+            let to = d["to"].as_u64().expect("gap.to");
+            assert_eq!(
+                d["from"].as_u64(),
+                Some(next),
+                "the gap starts at the hole: {e:?}"
+            );
+            assert!(to >= next, "{e:?}");
+            assert_eq!(d["missed"].as_u64(), Some(to - next + 1), "{e:?}");
+            assert_eq!(id_of(&e), to, "a gap's id is its last missing id");
+            next = to + 1;
+        } else {
+            assert_eq!(id_of(&e), next, "no id is skipped silently: {e:?}");
+            next += 1;
+        }
+        out.push(e);
+    }
+    out
+}
+
+/// The hub loses events when its listener queue overflows (forced with a queue of one and a
+/// burst of agent responses). A global-stream client is told of every missing id with a `gap`
+/// event where the ids are missing, live and again when it resumes; a task stream resumes
+/// from its task's complete history.
+#[test]
+fn a_global_stream_is_told_of_every_event_the_hub_lost() {
+    let server = Server::start_with(ServerOpts {
+        extra: vec!["--listener-queue".into(), "1".into()],
+        ..Default::default()
+    });
+    let c = server.client();
+    let mut agent = FakeAgent::connect(&server.grpc, "a1", "t1");
+    server.wait_agent("a1", true);
+    // Read the global stream as it comes, so that only the hub can fall behind.
+    let mut global = open(&c, "/stream", None);
+    let (tx, live) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        while let Some(e) = global.next_event(Duration::from_secs(300)) {
+            if tx.send(e).is_err() {
+                break;
+            }
+        }
+    });
+    let ids: Vec<String> = (0..4).map(|_| create_shell(&c, "a1", "x")).collect();
+    let mut watched = task_stream(&c, &ids[0], None);
+    for id in &ids {
+        for i in 0..500 {
+            let r = agent.output(id, &format!("{i}\n"));
+            agent.send(r, true);
+        }
+        let r = agent.exit(id, 0);
+        agent.send(r, false);
+    }
+    for id in &ids {
+        wait_final(&c, id, LIMIT);
+    }
+    // These tasks' events are all the server has: their global ids run from 1 to their sum.
+    let per_task: Vec<Vec<Event>> = ids
+        .iter()
+        .map(|id| read_to_end(&mut task_stream(&c, id, None)))
+        .collect();
+    let total: u64 = per_task.iter().map(|e| e.len() as u64).sum();
+
+    let live = account_for(|| live.recv_timeout(LIMIT).ok(), total);
+    let gaps = live.iter().filter(|e| e.event == "gap").count();
+    assert!(gaps > 0, "the burst overflowed the hub's queue of one");
+    let mut again = open(&c, "/stream", Some("0"));
+    let resumed = account_for(|| again.next_event(LIMIT), total);
+    assert_eq!(resumed, live, "a resuming client is told the same");
+
+    // The task stream open during the burst was closed at the first hole and resumes from
+    // the task's history: every event, none twice.
+    let mut events = watched.collect_until_end(LIMIT);
+    let mut resumes = 0;
+    while !events.last().is_some_and(is_final_status) {
+        resumes += 1;
+        assert!(resumes < 10, "the task stream cannot catch up");
+        let last = events.last().and_then(|e| e.id.clone());
+        events.extend(read_to_end(&mut task_stream(&c, &ids[0], last.as_deref())));
+    }
+    assert_eq!(events, per_task[0], "the task stream is complete");
+}
+
+/// An agent repeating empty IN_PROGRESS responses adds nothing to its task's history.
+#[test]
+fn empty_responses_that_change_nothing_leave_no_event() {
+    let server = Server::start();
+    let c = server.client();
+    let mut agent = FakeAgent::connect(&server.grpc, "a1", "t1");
+    server.wait_agent("a1", true);
+    let id = create_shell(&c, "a1", "x");
+    for _ in 0..2000 {
+        let r = agent.output(&id, "");
+        agent.send(r, true);
+    }
+    let r = agent.output(&id, "out\n");
+    agent.send(r, true);
+    let r = agent.exit(&id, 0);
+    agent.send(r, false);
+    wait_final(&c, &id, LIMIT);
+    let events = read_to_end(&mut task_stream(&c, &id, None));
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        names,
+        ["status", "status", "response", "status", "response", "response", "status"],
+        "created, sent, the first response and in_progress, the output, the final response, completed"
     );
 }

@@ -155,7 +155,6 @@ fn run(ops: &[Op]) {
         timer_tick: Duration::from_millis(1),
         min_timeout: Duration::from_millis(1),
         disconnect_grace: Duration::from_millis(1),
-        cleanup_delay: Duration::from_millis(1),
         max_output_bytes: MAX_OUTPUT,
         response_channel_capacity: 4,
         ..ManagerConfig::default()
@@ -317,7 +316,7 @@ impl Seen {
     fn take(&mut self, d: Delivery) {
         match d {
             Delivery::Events(batch) => self.events.extend(batch),
-            Delivery::Lagged(n) => panic!("the listener lost {n} events"),
+            Delivery::Lagged { missed, .. } => panic!("the listener lost {missed} events"),
         }
     }
 

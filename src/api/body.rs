@@ -174,7 +174,8 @@ fn parse<'de, T: Deserialize<'de>>(body: &'de Map<String, Value>) -> Result<T, A
     })
 }
 
-pub use crate::tasks::MAX_LIST_LIMIT;
+/// Most tasks one list answer holds; a larger `limit` is refused.
+pub const MAX_LIST_LIMIT: usize = crate::tasks::TaskFilter::MAX_LIMIT;
 
 /// The `limit` query parameter of task lists: an integer from 1 to `MAX_LIST_LIMIT`.
 pub struct ListLimit;

@@ -499,6 +499,21 @@ pub struct ResponseEvent<'a> {
     pub ts: Timestamp,
 }
 
+/// The `data:` of a `gap` event on the global stream: event ids `from` to `to` (inclusive)
+/// this stream will never deliver; the client should reload what it shows.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct GapEvent {
+    /// The first missing event id.
+    #[schemars(range(min = 1))]
+    pub from: u64,
+    /// The last missing event id (also the event's own `id:`).
+    #[schemars(range(min = 1))]
+    pub to: u64,
+    /// How many ids are missing.
+    #[schemars(range(min = 1))]
+    pub missed: u64,
+}
+
 /// The data of the `shutdown` event that ends every stream when the server stops.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct ShutdownEvent {

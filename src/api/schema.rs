@@ -9,8 +9,8 @@ use serde_json::{Map, Value};
 
 use super::body::{DockerTaskRequest, ListLimit, ShellTaskRequest};
 use super::json::{
-    AgentList, AgentTaskList, Cancelled, Created, ErrorBody, Health, Ready, ResponseEvent,
-    ShutdownEvent, Status, StatusEvent, TaskDetail, TaskList,
+    AgentList, AgentTaskList, Cancelled, Created, ErrorBody, GapEvent, Health, Ready,
+    ResponseEvent, ShutdownEvent, Status, StatusEvent, TaskDetail, TaskList,
 };
 
 /// Every component schema of the API, by name: request types as they are read, response and
@@ -35,6 +35,7 @@ pub fn components() -> Map<String, Value> {
     responses.subschema_for::<StatusEvent>();
     responses.subschema_for::<ResponseEvent>();
     responses.subschema_for::<ShutdownEvent>();
+    responses.subschema_for::<GapEvent>();
 
     let mut all = requests.take_definitions(true);
     for (name, schema) in responses.take_definitions(true) {

@@ -1,7 +1,8 @@
 //! `GET /stream`: Server-Sent Events. With `?ref={task_id}`, one task's events: first its
 //! retained history after `Last-Event-ID` (ids are per-task sequence numbers), then live
 //! events until the final status. Without `ref`, every task's events for dashboards: live,
-//! with resumption from a bounded window (ids are global sequence numbers).
+//! with resumption from a bounded window (ids are global sequence numbers), and a `gap` event
+//! wherever events are missing (see `sse::SseHub`).
 //!
 //! Each stream gets its own small writer thread that owns the connection, so HTTP workers
 //! are never held by a stream. The writer waits on its bounded queue of frames from the hub
@@ -22,7 +23,7 @@ use super::json::{event_data, event_name};
 use super::ApiState;
 use crate::http::request::{last_event_id, Query};
 use crate::http::{respond, ApiError, SseWriter};
-use crate::sse::{Frame, Subscription};
+use crate::sse::{Backlog, Frame, Subscription};
 use crate::tasks::{TaskEvent, TaskId};
 
 /// How long a stream may be silent before a keep-alive comment.
@@ -122,7 +123,15 @@ enum Mode {
     Global { last_seq: u64 },
 }
 
-type Started = (Subscription, Vec<TaskEvent>, Mode);
+/// What a stream sends before live events.
+enum History {
+    /// A task's retained events after `Last-Event-ID`.
+    Task(Vec<TaskEvent>),
+    /// What a resuming global-stream client missed, gaps included.
+    Global(Backlog),
+}
+
+type Started = (Subscription, History, Mode);
 
 fn start_task_stream(state: &ApiState, raw: &str, last: Option<u64>) -> Result<Started, ApiError> {
     let id = TaskId::parse_str(raw).map_err(|_| {
@@ -138,7 +147,7 @@ fn start_task_stream(state: &ApiState, raw: &str, last: Option<u64>) -> Result<S
         .map_or(last.unwrap_or(0).min(replay.last_seq), |e| e.task_seq);
     Ok((
         sub,
-        replay.events,
+        History::Task(replay.events),
         Mode::Task {
             last_seq,
             done: replay.finished,
@@ -150,22 +159,26 @@ fn start_task_stream(state: &ApiState, raw: &str, last: Option<u64>) -> Result<S
 const HISTORY_BACKLOG: usize = 10_000;
 
 fn start_global_stream(state: &ApiState, last: Option<u64>) -> Result<Started, ApiError> {
-    let (sub, window, after) = state.hub.subscribe_all(last)?;
+    let (sub, mut backlog, after) = state.hub.subscribe_all(last)?;
     // What the hub's window no longer (or, after a restart, never) held comes from durable
     // history; events that also arrive live are skipped by number.
-    let first_in_window = window.first().map_or(u64::MAX, |e| e.global_seq);
-    let mut backlog: Vec<TaskEvent> = match last {
-        Some(last) if last.saturating_add(1) < first_in_window => state
-            .manager
-            .history_after(last, HISTORY_BACKLOG)
-            .into_iter()
-            .filter(|e| e.global_seq < first_in_window)
-            .collect(),
-        _ => Vec::new(),
-    };
-    backlog.extend(window.iter().map(|e| TaskEvent::clone(e)));
-    let last_seq = backlog.last().map_or(after, |e| e.global_seq);
-    Ok((sub, backlog, Mode::Global { last_seq }))
+    if let Some(last) = last {
+        let first = backlog.first_event_id().unwrap_or(u64::MAX);
+        if last.saturating_add(1) < first {
+            let older: Vec<TaskEvent> = state
+                .manager
+                .history_after(last, HISTORY_BACKLOG)
+                .into_iter()
+                .filter(|e| e.global_seq < first)
+                .collect();
+            backlog.prepend_history(older);
+        }
+    }
+    Ok((
+        sub,
+        History::Global(backlog),
+        Mode::Global { last_seq: after },
+    ))
 }
 
 fn write_event(w: &mut Writer, id: u64, e: &TaskEvent) -> std::io::Result<()> {
@@ -180,21 +193,31 @@ fn ends_stream(mode: Mode, frame: &Frame) -> bool {
 fn run(
     mut w: Writer,
     sub: Subscription,
-    backlog: Vec<TaskEvent>,
+    history: History,
     mode: Mode,
     hub: &crate::sse::SseHub,
 ) -> std::io::Result<()> {
-    for e in &backlog {
-        let id = match mode {
-            Mode::Task { .. } => e.task_seq,
-            Mode::Global { .. } => e.global_seq,
-        };
-        write_event(&mut w, id, e)?;
-    }
     let mut last_seq = match mode {
-        Mode::Task { done: true, .. } => return w.finish(),
         Mode::Task { last_seq, .. } | Mode::Global { last_seq } => last_seq,
     };
+    match history {
+        History::Task(events) => {
+            for e in &events {
+                write_event(&mut w, e.task_seq, e)?;
+            }
+        }
+        History::Global(backlog) => {
+            if let Some(frame) = backlog.into_frame() {
+                if let Some((text, newest)) = frame.after(last_seq) {
+                    w.send_text(&[text])?;
+                    last_seq = newest;
+                }
+            }
+        }
+    }
+    if let Mode::Task { done: true, .. } = mode {
+        return w.finish();
+    }
     // Frames to write now, each with the bytes at its start the client already has.
     let mut batch: Vec<(Arc<Frame>, usize)> = Vec::with_capacity(FRAMES_PER_WRITE);
     loop {

@@ -29,6 +29,31 @@ impl IdKind {
     }
 }
 
+/// One SSE event of a frame: its id, name and `data:` text.
+#[derive(Clone, Copy, Debug)]
+pub struct Item<'a> {
+    /// The id the stream shows.
+    pub id: u64,
+    /// The SSE event name.
+    pub name: &'a str,
+    /// The `data:` text.
+    pub data: &'a str,
+    /// Whether it is a task's final status.
+    pub ends_task: bool,
+}
+
+impl<'a> Item<'a> {
+    /// A task event shown with the ids of `kind`, with its encoded name and data.
+    pub fn event(e: &TaskEvent, encoded: &'a (&'static str, String), kind: IdKind) -> Self {
+        Item {
+            id: kind.of(e),
+            name: encoded.0,
+            data: &encoded.1,
+            ends_task: e.ends_task(),
+        }
+    }
+}
+
 /// Consecutive events as SSE text, shared by every client that receives them.
 #[derive(Debug)]
 pub struct Frame {
@@ -39,25 +64,21 @@ pub struct Frame {
 }
 
 impl Frame {
-    /// Formats `events` (in order, ids ascending) with the ids of `kind`; `encoded` gives each
-    /// event's name and data, so an event shown by several streams is encoded only once.
-    pub fn build<'a>(
-        events: impl IntoIterator<Item = (&'a TaskEvent, &'a (&'static str, String))>,
-        kind: IdKind,
-    ) -> Arc<Frame> {
+    /// Formats `items` (in order, ids ascending); their data is encoded by the caller, so an
+    /// event shown by several streams is encoded only once.
+    pub fn build<'a>(items: impl IntoIterator<Item = Item<'a>>) -> Arc<Frame> {
         let mut frame = Frame {
             text: Vec::with_capacity(256),
             marks: Vec::new(),
             ends_task: false,
         };
         let mut id_text = String::with_capacity(20);
-        for (event, (name, data)) in events {
-            let id = kind.of(event);
+        for item in items {
             id_text.clear();
-            id_text.push_str(&id.to_string());
-            format_event_into(&mut frame.text, Some(&id_text), name, data);
-            frame.marks.push((id, frame.text.len()));
-            frame.ends_task |= event.ends_task();
+            id_text.push_str(&item.id.to_string());
+            format_event_into(&mut frame.text, Some(&id_text), item.name, item.data);
+            frame.marks.push((item.id, frame.text.len()));
+            frame.ends_task |= item.ends_task;
         }
         Arc::new(frame)
     }
@@ -136,7 +157,12 @@ mod tests {
             event(12, 3, TaskStatus::Completed),
         ];
         let encoded: Vec<_> = events.iter().map(enc).collect();
-        let frame = Frame::build(events.iter().zip(&encoded), IdKind::Task);
+        let frame = Frame::build(
+            events
+                .iter()
+                .zip(&encoded)
+                .map(|(e, x)| Item::event(e, x, IdKind::Task)),
+        );
         assert_eq!(frame.len(), 3);
         assert!(frame.ends_task());
         let (all, newest) = frame.after(0).expect("all new");
@@ -153,7 +179,13 @@ mod tests {
         );
         assert!(frame.after(3).is_none());
 
-        let global = Frame::build(events.iter().zip(&encoded).take(2), IdKind::Global);
+        let global = Frame::build(
+            events
+                .iter()
+                .zip(&encoded)
+                .take(2)
+                .map(|(e, x)| Item::event(e, x, IdKind::Global)),
+        );
         assert!(!global.ends_task());
         assert_eq!(global.after(10).map(|(_, n)| n), Some(11));
     }

@@ -281,7 +281,7 @@ impl Journal for Store {
     }
 
     fn list(&self, filter: &TaskFilter) -> Result<Page, Unavailable> {
-        let limit = filter.limit.unwrap_or(crate::tasks::DEFAULT_LIST_LIMIT);
+        let limit = filter.limit().min(TaskFilter::MAX_LIMIT);
         self.read(|c| read::list(c, filter, limit))
     }
 

@@ -1,4 +1,4 @@
-//! Tuning of the task manager, with the spec's defaults in one place.
+//! Tuning of the task manager, with its defaults in one place.
 
 use std::time::Duration;
 
@@ -7,8 +7,6 @@ use std::time::Duration;
 pub struct ManagerConfig {
     /// Capacity of the response channel between the agent link and the response thread.
     pub response_channel_capacity: usize,
-    /// How long a finished task stays routed to its agent (late cancels and responses).
-    pub cleanup_delay: Duration,
     /// How long a finished task stays queryable.
     pub cleanup_age: Duration,
     /// How often the sweep removes tasks older than `cleanup_age`.
@@ -19,6 +17,9 @@ pub struct ManagerConfig {
     pub max_tasks: usize,
     /// Bytes of stdout and of stderr retained per task.
     pub max_output_bytes: usize,
+    /// Output retained by all tasks together (bytes and response index); the oldest output
+    /// is shed beyond it (see `registry`).
+    pub max_output_total_bytes: usize,
     /// Timer wheel resolution.
     pub timer_tick: Duration,
     /// Timeout of a task created without one.
@@ -37,12 +38,12 @@ impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
             response_channel_capacity: 100,
-            cleanup_delay: Duration::from_secs(5),
             cleanup_age: Duration::from_secs(30 * 60),
             cleanup_interval: Duration::from_secs(5 * 60),
             disconnect_grace: Duration::from_secs(15),
             max_tasks: 100_000,
             max_output_bytes: 1 << 20,
+            max_output_total_bytes: 256 << 20,
             timer_tick: Duration::from_millis(10),
             default_timeout: Duration::from_secs(300),
             min_timeout: Duration::from_secs(1),

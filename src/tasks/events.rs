@@ -5,11 +5,10 @@
 //! numbers follow the real order. Listeners (the SSE hub, tests, metrics) each get their own
 //! bounded queue and their own thread: publishing is a `try_send` that never blocks the
 //! response thread, events of a task arrive in order, a listener that falls behind loses
-//! events and is told how many (`Delivery::Lagged`), and a panicking listener is logged and
-//! keeps running. A listener receives events in batches: whatever is queued when its thread
+//! events and is told which (`Delivery::Lagged`, once the events queued before the loss have
+//! been handed over), and a panicking listener is logged and keeps running. A listener receives events in batches: whatever is queued when its thread
 //! wakes, and, for a coalescing listener (the SSE hub), whatever arrives within its interval
-//! since the previous batch, so a burst costs it one wake-up instead of one per event. The original handed each listener a shared, mutable task in a new goroutine
-//! per event, which reordered events and raced with later updates.
+//! since the previous batch, so a burst costs it one wake-up instead of one per event.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,8 +85,16 @@ impl TaskEvent {
 pub enum Delivery {
     /// The next events, in order (never empty).
     Events(Vec<Arc<TaskEvent>>),
-    /// This many events were dropped because the listener's queue was full.
-    Lagged(u64),
+    /// Events were dropped because the listener's queue was full: `missed` of them since the
+    /// previous `Lagged`, none newer than global sequence number `through`. It comes once every
+    /// event queued before the loss has been handed over, so a listener that sees no event up
+    /// to `through` knows the missing ones are lost, not late.
+    Lagged {
+        /// Events dropped since the previous `Lagged`.
+        missed: u64,
+        /// The newest dropped event's global sequence number.
+        through: u64,
+    },
 }
 
 /// A listener callback, run on its own thread.
@@ -106,7 +113,16 @@ const MAX_BATCH_TEXT: usize = 256 * 1024;
 struct Slot {
     name: String,
     tx: Sender<Arc<TaskEvent>>,
-    lagged: Arc<AtomicU64>,
+    lost: Arc<Lost>,
+}
+
+/// What a listener lost, written by the publisher and read by the listener's thread.
+#[derive(Default)]
+struct Lost {
+    /// Events dropped and not yet reported.
+    count: AtomicU64,
+    /// The newest dropped event's global sequence number.
+    through: AtomicU64,
 }
 
 /// The registered listeners and their threads.
@@ -133,8 +149,8 @@ impl ListenerSet {
     /// hands over whatever is queued at once.
     pub fn add(&self, name: &str, coalesce: Coalesce, listener: Listener) -> std::io::Result<()> {
         let (tx, rx) = bounded::<Arc<TaskEvent>>(self.queue);
-        let lagged = Arc::new(AtomicU64::new(0));
-        let lag = lagged.clone();
+        let lost = Arc::new(Lost::default());
+        let lag = lost.clone();
         let thread_name = format!("nl-listen-{name}");
         let label = name.to_string();
         let handle = std::thread::Builder::new()
@@ -143,7 +159,7 @@ impl ListenerSet {
         self.slots.lock().push(Slot {
             name: name.to_string(),
             tx,
-            lagged,
+            lost,
         });
         self.threads.lock().push(handle);
         Ok(())
@@ -155,7 +171,10 @@ impl ListenerSet {
             match slot.tx.try_send(event.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
-                    slot.lagged.fetch_add(1, Ordering::Relaxed);
+                    slot.lost.count.fetch_add(1, Ordering::Relaxed);
+                    slot.lost
+                        .through
+                        .fetch_max(event.global_seq, Ordering::SeqCst);
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     log::debug!("listener {} is behind; dropped an event", slot.name);
                 }
@@ -183,11 +202,12 @@ impl ListenerSet {
 fn run_listener(
     name: &str,
     rx: &Receiver<Arc<TaskEvent>>,
-    lagged: &AtomicU64,
+    lost: &Lost,
     coalesce: Coalesce,
     mut listener: Listener,
 ) {
     let mut last_batch: Option<Instant> = None;
+    let mut reported_through = 0;
     while let Ok(first) = rx.recv() {
         let mut batch = Vec::with_capacity(16);
         let mut text = first.text_len();
@@ -216,12 +236,18 @@ fn run_listener(
                 }
             }
         }
-        let missed = lagged.swap(0, Ordering::Relaxed);
-        if missed > 0 {
-            deliver(name, &mut listener, Delivery::Lagged(missed));
-        }
         deliver(name, &mut listener, Delivery::Events(batch));
         last_batch = Some(Instant::now());
+        // A loss is reported once the queue is empty: every event accepted before the newest
+        // dropped one (read first) has then been handed over, so the listener can tell which
+        // sequence numbers will never come. Under constant overload the queue never empties,
+        // but then later events arrive, and their numbers show the holes.
+        let through = lost.through.load(Ordering::SeqCst);
+        if through > reported_through && rx.is_empty() {
+            reported_through = through;
+            let missed = lost.count.swap(0, Ordering::Relaxed);
+            deliver(name, &mut listener, Delivery::Lagged { missed, through });
+        }
         if closed {
             break;
         }

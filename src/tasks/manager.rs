@@ -33,7 +33,6 @@ use crate::timer::{TimerHandle, TimerThread};
 #[derive(Debug)]
 enum Timer {
     TaskTimeout(TaskId),
-    Unroute(TaskId),
     Sweep,
     AgentGrace { agent_id: Arc<str>, generation: u64 },
 }
@@ -265,12 +264,24 @@ impl TaskManager {
         }
     }
 
-    /// A page of tasks matching `filter`, newest first, without output.
+    /// A page of tasks matching `filter`, newest first, without output; at most
+    /// [`TaskFilter::MAX_LIMIT`] may be asked for.
     pub fn list_tasks(&self, filter: &TaskFilter) -> Result<Page, TaskError> {
+        if filter.limit() > TaskFilter::MAX_LIMIT {
+            return Err(invalid(
+                "limit",
+                format!("must be at most {}", TaskFilter::MAX_LIMIT),
+            ));
+        }
         match &self.inner.journal {
             Some(j) => j.list(filter).map_err(TaskError::from),
             None => Ok(self.inner.registry.read().list(filter)),
         }
+    }
+
+    /// Output retained by all tasks together, in bytes (see `ManagerConfig::max_output_total_bytes`).
+    pub fn output_total_bytes(&self) -> usize {
+        self.inner.registry.read().output_total()
     }
 
     /// The highest response number of agent process `instance` that the agent may forget:
@@ -726,6 +737,17 @@ impl Inner {
                 return;
             }
         };
+        let says_nothing = rep.stdout.is_empty()
+            && rep.stderr.is_empty()
+            && rep.exit_code.is_none()
+            && !rep.is_final
+            && !rep.cancelled;
+        if says_nothing && matches!(step, Transition::Stay) {
+            // Nothing changes, so nothing is recorded or published: an agent repeating empty
+            // responses costs no memory.
+            self.stats.empty_responses.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let now = SystemTime::now();
         task.updated_at = now;
         if rep.exit_code.is_some() {
@@ -735,6 +757,8 @@ impl Inner {
             task.output.stdout_truncated(),
             task.output.stderr_truncated(),
         );
+        let was_cut = task.output.cap_hit();
+        let held = task.output.retained_bytes();
         let seq = task.output.record_output(
             now,
             rep.status,
@@ -748,7 +772,7 @@ impl Inner {
             task.output.stdout_truncated(),
             task.output.stderr_truncated(),
         );
-        if was_truncated == (false, false) && now_truncated != (false, false) {
+        if !was_cut && task.output.cap_hit() {
             self.stats.output_truncated.fetch_add(1, Ordering::Relaxed);
         }
         if self.journal.is_some() {
@@ -797,6 +821,12 @@ impl Inner {
         self.emit(Vec::new, event);
         if let Transition::To(new) = step {
             self.set_status(&mut reg, id, new, reason);
+        }
+        let shed = reg.output_changed(&id, held, self.cfg.max_output_total_bytes);
+        if shed > 0 {
+            self.stats
+                .output_budget_shed
+                .fetch_add(shed as u64, Ordering::Relaxed);
         }
     }
 
@@ -890,8 +920,6 @@ impl Inner {
                     .duration
                     .observe(now.duration_since(task.created_at).unwrap_or_default());
             }
-            self.timers
-                .schedule_after(self.cfg.cleanup_delay, Timer::Unroute(id));
         }
     }
 
@@ -1031,7 +1059,6 @@ impl Inner {
                 log::info!("Task {id} timed out on agent {agent}");
                 self.tell_agent_to_stop(&agent, id, STOP_TIMEOUT);
             }
-            Timer::Unroute(id) => self.registry.write().unroute(&id),
             Timer::Sweep => {
                 self.cleanup(self.cfg.cleanup_age);
                 if !self.stopping.load(Ordering::SeqCst) {

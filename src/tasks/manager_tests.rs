@@ -77,7 +77,6 @@ fn fast_config() -> ManagerConfig {
     ManagerConfig {
         timer_tick: Duration::from_millis(5),
         min_timeout: Duration::from_millis(1),
-        cleanup_delay: Duration::from_millis(50),
         ..ManagerConfig::default()
     }
 }
@@ -498,6 +497,126 @@ fn lists_are_newest_first_and_filtered() {
         .collect();
     assert_eq!(paged, ids.iter().rev().copied().collect::<Vec<_>>());
     assert!(rest.next_cursor.is_none());
+    m.shutdown();
+}
+
+#[test]
+fn a_listing_has_a_default_limit_and_a_maximum() {
+    let m = TaskManager::start(fast_config(), FakeGateway::with(&["a1"])).expect("starts");
+    for _ in 0..TaskFilter::DEFAULT_LIMIT + 5 {
+        m.send_task("a1", shell("x"), None).expect("sent");
+    }
+    let listed = m.list_tasks(&TaskFilter::default()).expect("lists");
+    assert_eq!(listed.tasks.len(), TaskFilter::DEFAULT_LIMIT);
+    let at_max = TaskFilter {
+        limit: Some(TaskFilter::MAX_LIMIT),
+        ..TaskFilter::default()
+    };
+    assert_eq!(
+        m.list_tasks(&at_max).expect("lists").tasks.len(),
+        TaskFilter::DEFAULT_LIMIT + 5
+    );
+    let beyond = TaskFilter {
+        limit: Some(TaskFilter::MAX_LIMIT + 1),
+        ..TaskFilter::default()
+    };
+    assert!(matches!(
+        m.list_tasks(&beyond),
+        Err(TaskError::Invalid { field: "limit", .. })
+    ));
+    m.shutdown();
+}
+
+#[test]
+fn empty_responses_that_change_nothing_are_not_recorded() {
+    let m = TaskManager::start(fast_config(), FakeGateway::with(&["a1"])).expect("starts");
+    let events = recorder(&m);
+    let t = m.send_task("a1", shell("x"), None).expect("sent");
+    let sink = m.report_sink();
+    sink.send(report("a1", t.id, ReportStatus::InProgress, false, ""))
+        .expect("queued");
+    for _ in 0..1000 {
+        sink.send(report("a1", t.id, ReportStatus::InProgress, false, ""))
+            .expect("queued");
+    }
+    sink.send(report("a1", t.id, ReportStatus::Completed, true, "done\n"))
+        .expect("queued");
+    wait_for("completion", Duration::from_secs(5), || {
+        status_of(&m, t.id).is_final()
+    });
+    assert_eq!(m.stats().empty_responses.load(Ordering::Relaxed), 1000);
+    let replay = m.replay(t.id, 0).expect("replays");
+    let kinds: Vec<&str> = replay
+        .events
+        .iter()
+        .map(|e| match &e.kind {
+            EventKind::Status { .. } => "status",
+            EventKind::Output { .. } => "response",
+        })
+        .collect();
+    // created, sent, the first (empty) response that moved it to in_progress, in_progress,
+    // the final response, completed.
+    assert_eq!(
+        kinds,
+        ["status", "status", "response", "status", "response", "status"]
+    );
+    m.shutdown();
+    let published = events.try_iter().count();
+    assert_eq!(published, 6, "nothing published for the empty responses");
+}
+
+#[test]
+fn the_output_budget_sheds_finished_tasks_first_then_the_oldest_running() {
+    let cfg = ManagerConfig {
+        max_output_total_bytes: 64 << 10,
+        ..fast_config()
+    };
+    let m = TaskManager::start(cfg, FakeGateway::with(&["a1"])).expect("starts");
+    let sink = m.report_sink();
+    let chunk = "x".repeat(20 << 10);
+    let send = |id: TaskId, status: ReportStatus, is_final: bool| {
+        sink.send(report("a1", id, status, is_final, &chunk))
+            .expect("queued");
+    };
+    let out = |id| m.get_task(id).expect("task").output.expect("output");
+    let done = m.send_task("a1", shell("a"), None).expect("sent").id;
+    send(done, ReportStatus::Completed, true);
+    wait_for("the first task to finish", Duration::from_secs(5), || {
+        status_of(&m, done).is_final()
+    });
+    let old = m.send_task("a1", shell("b"), None).expect("sent").id;
+    send(old, ReportStatus::InProgress, false);
+    let young = m.send_task("a1", shell("c"), None).expect("sent").id;
+    send(young, ReportStatus::InProgress, false);
+    let young_holds = |n: usize| {
+        wait_for("the young task's output", Duration::from_secs(5), || {
+            out(young).stdout.len() == n * chunk.len()
+        })
+    };
+    young_holds(1);
+    assert_eq!(out(done).stdout.len(), chunk.len(), "still within budget");
+    // A fourth chunk exceeds it: the finished task's output goes first.
+    send(young, ReportStatus::InProgress, false);
+    young_holds(2);
+    assert!(out(done).stdout.len() < chunk.len());
+    assert!(out(done).stdout_truncated);
+    assert_eq!(
+        out(old).stdout.len(),
+        chunk.len(),
+        "running tasks keep theirs"
+    );
+    // More: the finished one has nothing left, then the oldest running task loses its oldest.
+    send(young, ReportStatus::InProgress, false);
+    young_holds(3);
+    assert_eq!(out(done).stdout.len(), 0);
+    assert!(out(old).stdout.len() < chunk.len() && out(old).stdout_truncated);
+    assert!(
+        !out(young).stdout_truncated,
+        "the youngest keeps everything"
+    );
+    assert!(m.output_total_bytes() <= 64 << 10);
+    assert_eq!(m.stats().output_budget_shed.load(Ordering::Relaxed), 2);
+    assert_eq!(m.stats().output_truncated.load(Ordering::Relaxed), 0);
     m.shutdown();
 }
 

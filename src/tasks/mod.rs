@@ -31,7 +31,7 @@ pub use journal::{
 pub use manager::{Replay, TaskManager};
 pub use model::{
     AgentCommand, AgentReport, DockerOp, OutputSnapshot, ReportStatus, TaskFilter, TaskId,
-    TaskSnapshot, TaskSpec, TaskStatus, DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT,
+    TaskSnapshot, TaskSpec, TaskStatus,
 };
 pub use response_thread::ReportSink;
 pub use stats::{DurationHistogram, Stats, DURATION_BUCKETS};

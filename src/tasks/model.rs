@@ -294,11 +294,6 @@ pub struct OutputSnapshot {
     pub stderr_truncated: bool,
 }
 
-/// Tasks a list returns when the client names no `limit`.
-pub const DEFAULT_LIST_LIMIT: usize = 100;
-/// The largest `limit` a list accepts.
-pub const MAX_LIST_LIMIT: usize = 1000;
-
 /// Filters for listing tasks; all optional.
 #[derive(Clone, Debug, Default)]
 pub struct TaskFilter {
@@ -306,7 +301,8 @@ pub struct TaskFilter {
     pub status: Option<TaskStatus>,
     /// Only tasks of this agent.
     pub agent_id: Option<String>,
-    /// At most this many, newest first.
+    /// At most this many, newest first: [`TaskFilter::DEFAULT_LIMIT`] when not given, and
+    /// refused above [`TaskFilter::MAX_LIMIT`].
     pub limit: Option<usize>,
     /// Only tasks created at or after this time.
     pub since: Option<SystemTime>,
@@ -314,4 +310,16 @@ pub struct TaskFilter {
     pub until: Option<SystemTime>,
     /// Where a page starts: the `next_cursor` of the page before.
     pub cursor: Option<String>,
+}
+
+impl TaskFilter {
+    /// Tasks one listing returns when no limit is given.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// Most tasks one listing may return: a listing is built under the registry's read lock.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// The limit in effect.
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(Self::DEFAULT_LIMIT)
+    }
 }

@@ -2,11 +2,17 @@
 //! task and touched only under the registry lock.
 //!
 //! Each stream keeps its newest bytes in a ring (default 1 MiB each) with a `truncated` flag,
-//! so users can read the whole output after the fact (the original kept only the last chunk).
-//! Beside the bytes sits a compact index of the task's events (sequence number, byte offsets,
-//! flags: about 40 bytes each, no text), so a Server-Sent Events client that joins late or
-//! resumes with `Last-Event-ID` gets the exact events it missed, rebuilt from the rings, for as
-//! long as their bytes are retained.
+//! so users can read the whole output after the fact. Beside the bytes sits a compact index of
+//! the task's events (sequence number, byte offsets, flags: no text), so a Server-Sent Events
+//! client that joins late or resumes with `Last-Event-ID` gets the exact events it missed,
+//! rebuilt from the rings, for as long as their bytes are retained.
+//!
+//! The index is bounded too: at most [`MAX_INDEXED_OUTPUTS`] response events per task. Beyond
+//! it the oldest response event is folded into the next one (its text is replayed as part of
+//! that event, under that event's id): no byte is lost, but a reader that resumes from between
+//! the two gets the older text again. Status events need no bound: the lifecycle allows at
+//! most five per task. The registry's server-wide budget sheds a task's oldest bytes and events
+//! through [`OutputLog::shed`].
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -41,20 +47,36 @@ impl ByteRing {
         self.start > 0
     }
 
-    fn push(&mut self, text: &str) {
+    /// Appends `text`, dropping the oldest bytes beyond the cap; returns whether any went.
+    fn push(&mut self, text: &str) -> bool {
         let data = text.as_bytes();
         if data.len() >= self.cap {
             // Only the tail survives; skip the rest without copying it in.
             let skip = data.len() - self.cap;
-            self.start += (self.bytes.len() + skip) as u64;
+            let dropped = self.bytes.len() + skip;
+            self.start += dropped as u64;
             self.bytes.clear();
             self.bytes.extend(&data[skip..]);
-            return;
+            return dropped > 0;
         }
         let overflow = (self.bytes.len() + data.len()).saturating_sub(self.cap);
         self.bytes.drain(..overflow);
         self.start += overflow as u64;
         self.bytes.extend(data);
+        overflow > 0
+    }
+
+    /// Drops the retained bytes before absolute offset `to`; returns how many.
+    fn cut_to(&mut self, to: u64) -> usize {
+        let n = to.saturating_sub(self.start).min(self.bytes.len() as u64) as usize;
+        self.bytes.drain(..n);
+        self.start += n as u64;
+        n
+    }
+
+    /// Retained bytes before absolute offset `to`.
+    fn len_to(&self, to: u64) -> usize {
+        to.saturating_sub(self.start).min(self.bytes.len() as u64) as usize
     }
 
     /// The retained text in `[from, to)`, clipped to what is kept. A cut that lands inside a
@@ -96,6 +118,12 @@ struct StatusMark {
     reason: Option<Arc<str>>,
 }
 
+/// Most response events one task's index holds; older ones are folded into the next.
+pub const MAX_INDEXED_OUTPUTS: usize = 4096;
+
+/// What one index entry costs, counted with the output bytes against the server-wide budget.
+const MARK_BYTES: usize = size_of::<OutputMark>();
+
 /// A task's retained output and event history.
 #[derive(Debug)]
 pub struct OutputLog {
@@ -104,6 +132,10 @@ pub struct OutputLog {
     marks: VecDeque<OutputMark>,
     statuses: Vec<StatusMark>,
     next_seq: u64,
+    /// Bytes were dropped because a stream exceeded its per-task cap.
+    cap_hit: bool,
+    /// Bytes or events were dropped for the server-wide budget.
+    shed: bool,
 }
 
 impl OutputLog {
@@ -115,7 +147,15 @@ impl OutputLog {
             marks: VecDeque::new(),
             statuses: Vec::new(),
             next_seq: 1,
+            cap_hit: false,
+            shed: false,
         }
+    }
+
+    /// Memory the output holds that the server-wide budget counts: the bytes of both
+    /// streams and the response index.
+    pub fn retained_bytes(&self) -> usize {
+        self.stdout.bytes.len() + self.stderr.bytes.len() + self.marks.len() * MARK_BYTES
     }
 
     /// The sequence number of the newest event (0 before any).
@@ -153,8 +193,9 @@ impl OutputLog {
         exit_code: Option<i32>,
     ) -> u64 {
         let seq = self.take_seq();
-        self.stdout.push(stdout);
-        self.stderr.push(stderr);
+        let out_dropped = self.stdout.push(stdout);
+        let err_dropped = self.stderr.push(stderr);
+        self.cap_hit |= out_dropped || err_dropped;
         self.marks.push_back(OutputMark {
             seq,
             at,
@@ -165,7 +206,17 @@ impl OutputLog {
             is_final,
             cancelled,
         });
-        // Forget events whose text is gone from both rings (their replay would be empty).
+        self.forget_gone();
+        if self.marks.len() > MAX_INDEXED_OUTPUTS {
+            // Replay starts the first event's text at the rings' start, so dropping the oldest
+            // entry folds its text into the next event.
+            self.marks.pop_front();
+        }
+        seq
+    }
+
+    /// Forgets events whose text is gone from both rings (their replay would be empty).
+    fn forget_gone(&mut self) {
         let something_dropped = self.stdout.truncated() || self.stderr.truncated();
         while let Some(front) = self.marks.front() {
             let gone =
@@ -175,7 +226,40 @@ impl OutputLog {
             }
             self.marks.pop_front();
         }
-        seq
+    }
+
+    /// Frees at least `want` bytes of [`OutputLog::retained_bytes`] if it holds them, oldest
+    /// first: whole response events (their text and index entry) in order, then the front of
+    /// the next event's text (stdout before stderr). Returns what was freed.
+    pub fn shed(&mut self, want: usize) -> usize {
+        let before = self.retained_bytes();
+        loop {
+            let freed = before - self.retained_bytes();
+            if freed >= want {
+                break;
+            }
+            let need = want - freed;
+            let (out_to, err_to, whole) = match self.marks.front() {
+                Some(m) => (m.stdout_end, m.stderr_end, true),
+                None => (self.stdout.end(), self.stderr.end(), false),
+            };
+            let (a, b) = (self.stdout.len_to(out_to), self.stderr.len_to(err_to));
+            if whole && a + b <= need {
+                self.stdout.cut_to(out_to);
+                self.stderr.cut_to(err_to);
+                self.marks.pop_front();
+                continue;
+            }
+            let x = need.min(a);
+            self.stdout.cut_to(self.stdout.start + x as u64);
+            self.stderr
+                .cut_to(self.stderr.start + need.saturating_sub(x).min(b) as u64);
+            break;
+        }
+        self.forget_gone();
+        let freed = before - self.retained_bytes();
+        self.shed |= freed > 0;
+        freed
     }
 
     /// Continues numbering after `seq` (a task taken up again after a restart).
@@ -197,6 +281,16 @@ impl OutputLog {
     /// Whether stderr has dropped bytes.
     pub fn stderr_truncated(&self) -> bool {
         self.stderr.truncated()
+    }
+
+    /// Whether a stream dropped bytes for the per-task cap (the `output_bytes` limit).
+    pub fn cap_hit(&self) -> bool {
+        self.cap_hit
+    }
+
+    /// Whether anything was dropped for the server-wide budget (`output_total_bytes`).
+    pub fn was_shed(&self) -> bool {
+        self.shed
     }
 
     /// The retained output for readers.
@@ -346,5 +440,51 @@ mod tests {
         assert_eq!(joined, "bbcccc");
         // The index forgets events whose bytes are gone.
         assert!(log.marks.len() <= 2);
+        assert!(log.cap_hit());
+    }
+
+    #[test]
+    fn the_index_is_bounded_and_folds_the_oldest_events_into_the_next() {
+        let mut log = OutputLog::new(1 << 20);
+        let agent: Arc<str> = Arc::from("a");
+        for i in 0..MAX_INDEXED_OUTPUTS + 10 {
+            push(&mut log, &format!("{i}\n"));
+        }
+        assert_eq!(log.marks.len(), MAX_INDEXED_OUTPUTS);
+        let all = outputs(&log.replay(TaskId::nil(), &agent, 0));
+        assert_eq!(all.len(), MAX_INDEXED_OUTPUTS);
+        let joined: String = all.iter().map(|(_, t)| t.as_str()).collect();
+        let expected: String = (0..MAX_INDEXED_OUTPUTS + 10)
+            .map(|i| format!("{i}\n"))
+            .collect();
+        assert_eq!(joined, expected, "no byte is lost from replay");
+        assert_eq!(
+            all[0].0, 11,
+            "the folded text travels under the next event's id"
+        );
+        assert!(!log.cap_hit() && !log.was_shed());
+    }
+
+    #[test]
+    fn shedding_drops_the_oldest_events_then_the_front_of_the_next() {
+        let mut log = OutputLog::new(1024);
+        let agent: Arc<str> = Arc::from("a");
+        push(&mut log, "aaaa");
+        push(&mut log, "bbbb");
+        let o3 = push(&mut log, "cccc");
+        let before = log.retained_bytes();
+        assert_eq!(before, 12 + 3 * MARK_BYTES);
+        let freed = log.shed(4 + MARK_BYTES + 4 + MARK_BYTES + 2);
+        assert!(freed >= 4 + MARK_BYTES + 4 + MARK_BYTES + 2, "{freed}");
+        assert_eq!(log.retained_bytes(), before - freed);
+        let snap = log.snapshot();
+        assert_eq!(snap.stdout, "cc");
+        assert!(snap.stdout_truncated && log.was_shed() && !log.cap_hit());
+        assert_eq!(
+            outputs(&log.replay(TaskId::nil(), &agent, 0)),
+            vec![(o3, "cc".into())]
+        );
+        assert_eq!(log.shed(usize::MAX), 2 + MARK_BYTES, "everything can go");
+        assert_eq!(log.retained_bytes(), 0);
     }
 }

@@ -1,13 +1,20 @@
 //! The task registry: every known task by id, plus the orderings that make listing, eviction
-//! and the sweep cheap. Owned by `TaskManager` behind one `parking_lot::RwLock`; this module
-//! holds no lock itself and never blocks.
+//! and the sweep cheap, and the server-wide output budget. Owned by `TaskManager` behind one
+//! `parking_lot::RwLock`; this module holds no lock itself and never blocks.
+//!
+//! The budget (`--max-output-total-bytes`) counts every task's retained output (bytes and
+//! response index, [`OutputLog::retained_bytes`]). When it is exceeded the oldest output goes
+//! first: finished tasks' output, the task that finished first first, then running tasks'
+//! output, the oldest task first. Each loses its oldest bytes and events ([`OutputLog::shed`])
+//! and is marked truncated. Agent responses are never refused and events are still published
+//! live in full; only what is kept for later readers shrinks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::journal::{Origin, Page, Reloaded};
-use super::model::{TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus, DEFAULT_LIST_LIMIT};
+use super::model::{TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus};
 use super::output::OutputLog;
 use crate::timer::TimerKey;
 
@@ -164,7 +171,8 @@ pub struct Inserted {
 #[derive(Debug)]
 pub struct Full;
 
-/// All tasks, with creation order, finish order and per-agent routing.
+/// All tasks, with creation order, finish order, per-agent routing of unfinished tasks and
+/// the holders of retained output.
 #[derive(Debug, Default)]
 pub struct Registry {
     tasks: HashMap<TaskId, Task>,
@@ -172,6 +180,12 @@ pub struct Registry {
     by_finish: BTreeMap<u64, TaskId>,
     routes: HashMap<Arc<str>, HashSet<TaskId>>,
     next_order: u64,
+    /// Sum of every task's `OutputLog::retained_bytes`.
+    output_total: usize,
+    /// Finished tasks holding output, by finish order: the budget sheds them first.
+    finished_holders: BTreeMap<u64, TaskId>,
+    /// Unfinished tasks holding output, by creation order: shed once no finished one holds any.
+    running_holders: BTreeMap<u64, TaskId>,
 }
 
 impl Registry {
@@ -236,29 +250,98 @@ impl Registry {
         self.tasks.get_mut(id)
     }
 
-    /// Records that a task just became final (its status is already set).
+    /// Records that a task just became final (its status is already set), and ends its
+    /// routing to its agent: responses and cancels find a task by id, not by route, so a
+    /// finished task's route serves nothing.
     pub fn mark_finished(&mut self, id: &TaskId) {
         self.next_order += 1;
         let order = self.next_order;
-        if let Some(task) = self.tasks.get_mut(id) {
-            let now = SystemTime::now();
-            task.finished_at = Some(now);
-            task.updated_at = now;
-            task.finished_instant = Some(Instant::now());
-            task.finish_order = Some(order);
-            self.by_finish.insert(order, *id);
-        }
-    }
-
-    /// Ends the live routing of a finished task to its agent (after the clean-up delay).
-    pub fn unroute(&mut self, id: &TaskId) {
-        let Some(task) = self.tasks.get(id) else {
+        let Some(task) = self.tasks.get_mut(id) else {
             return;
         };
+        let now = SystemTime::now();
+        task.finished_at = Some(now);
+        task.updated_at = now;
+        task.finished_instant = Some(Instant::now());
+        task.finish_order = Some(order);
+        self.by_finish.insert(order, *id);
+        if self.running_holders.remove(&task.order).is_some() {
+            self.finished_holders.insert(order, *id);
+        }
         if let Some(set) = self.routes.get_mut(&task.agent_id) {
             set.remove(id);
             if set.is_empty() {
                 self.routes.remove(&task.agent_id);
+            }
+        }
+    }
+
+    /// Output retained by every task together.
+    pub fn output_total(&self) -> usize {
+        self.output_total
+    }
+
+    /// Accounts for a change of task `id`'s retained output (it held `before`), then sheds
+    /// the oldest output while the total exceeds `budget`. Returns how many tasks lost output
+    /// to the budget for the first time.
+    pub fn output_changed(&mut self, id: &TaskId, before: usize, budget: usize) -> usize {
+        let Some(task) = self.tasks.get(id) else {
+            return 0;
+        };
+        let now = task.output.retained_bytes();
+        self.output_total = self.output_total - before.min(self.output_total) + now;
+        self.track_holder(id);
+        let mut newly_shed = 0;
+        while self.output_total > budget {
+            let excess = self.output_total - budget;
+            let victim = self
+                .finished_holders
+                .values()
+                .next()
+                .or_else(|| self.running_holders.values().next())
+                .copied();
+            let Some(victim) = victim else { break };
+            let Some(task) = self.tasks.get_mut(&victim) else {
+                break;
+            };
+            let was_shed = task.output.was_shed();
+            let freed = task.output.shed(excess);
+            newly_shed += usize::from(!was_shed && task.output.was_shed());
+            self.output_total -= freed.min(self.output_total);
+            if freed < excess || task.output.retained_bytes() == 0 {
+                // It holds nothing more it can give.
+                self.untrack_holder(&victim);
+            }
+        }
+        newly_shed
+    }
+
+    /// Puts a task in the holder order that matches its state and output.
+    fn track_holder(&mut self, id: &TaskId) {
+        let Some(task) = self.tasks.get(id) else {
+            return;
+        };
+        let (holds, finished, order) = (
+            task.output.retained_bytes() > 0,
+            task.finish_order,
+            task.order,
+        );
+        match finished {
+            Some(f) if holds => {
+                self.finished_holders.insert(f, *id);
+            }
+            None if holds => {
+                self.running_holders.insert(order, *id);
+            }
+            _ => self.untrack_holder(id),
+        }
+    }
+
+    fn untrack_holder(&mut self, id: &TaskId) {
+        if let Some(task) = self.tasks.get(id) {
+            self.running_holders.remove(&task.order);
+            if let Some(f) = task.finish_order {
+                self.finished_holders.remove(&f);
             }
         }
     }
@@ -291,9 +374,9 @@ impl Registry {
     }
 
     /// A page of snapshots matching `filter`, newest first; the cursor is the creation order
-    /// of the page's last task.
+    /// of the page's last task. Only the tasks returned are copied.
     pub fn list(&self, filter: &TaskFilter) -> Page {
-        let limit = filter.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        let limit = filter.limit().min(TaskFilter::MAX_LIMIT);
         let below = filter
             .cursor
             .as_deref()
@@ -336,7 +419,9 @@ impl Registry {
     }
 
     fn remove(&mut self, id: &TaskId) -> Option<Task> {
+        self.untrack_holder(id);
         let task = self.tasks.remove(id)?;
+        self.output_total -= task.output.retained_bytes().min(self.output_total);
         self.by_creation.remove(&task.order);
         if let Some(f) = task.finish_order {
             self.by_finish.remove(&f);

@@ -27,6 +27,8 @@ pub struct Stats {
     pub malformed_responses: AtomicU64,
     /// Numbered responses an agent sent again that were applied before (after a reconnect).
     pub duplicate_responses: AtomicU64,
+    /// Responses that carried nothing and changed nothing: neither recorded nor published.
+    pub empty_responses: AtomicU64,
     /// Times a producer found the response channel full and waited.
     pub backpressure_waits: AtomicU64,
     /// Total nanoseconds producers waited on a full response channel.
@@ -37,6 +39,8 @@ pub struct Stats {
     pub cleanup_removed: AtomicU64,
     /// Tasks whose retained output first exceeded `max_output_bytes` (once per task).
     pub output_truncated: AtomicU64,
+    /// Tasks that first lost output to `max_output_total_bytes` (once per task).
+    pub output_budget_shed: AtomicU64,
     /// Time from creation to a final status.
     pub duration: DurationHistogram,
 }
