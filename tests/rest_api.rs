@@ -972,12 +972,12 @@ fn a_listing_returns_100_tasks_by_default_and_refuses_a_limit_above_1000() {
     let r = c.get("/tasks?limit=1000");
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ids(&r.json()).len(), 105);
-    let e = assert_error(&c.get("/tasks?limit=1001"), 400, "at most 1000");
+    let e = assert_error(&c.get("/tasks?limit=1001"), 400, "between 1 and 1000");
     assert_eq!(e["details"]["field"], "limit");
     assert_error(
         &c.get("/agents/ghost/tasks?limit=5000"),
         400,
-        "at most 1000",
+        "between 1 and 1000",
     );
 }
 
