@@ -973,7 +973,7 @@ fn a_listing_returns_100_tasks_by_default_and_refuses_a_limit_above_1000() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(ids(&r.json()).len(), 105);
     let e = assert_error(&c.get("/tasks?limit=1001"), 400, "between 1 and 1000");
-    assert_eq!(e["details"]["field"], "limit");
+    assert_eq!(e["details"]["parameter"], "limit");
     assert_error(
         &c.get("/agents/ghost/tasks?limit=5000"),
         400,
