@@ -74,11 +74,14 @@ fn output_event(t: &TaskSnapshot, gid: u64, seq: u64, text: &str) -> Change {
 }
 
 fn finished(t: &TaskSnapshot) -> Change {
-    let mut t = t.clone();
-    t.status = TaskStatus::Completed;
-    t.exit_code = Some(0);
-    t.finished_at = Some(SystemTime::now());
-    Change::Updated(t)
+    Change::Updated(crate::tasks::TaskUpdate {
+        id: t.id,
+        status: TaskStatus::Completed,
+        updated_at: SystemTime::now(),
+        finished_at: Some(SystemTime::now()),
+        exit_code: Some(0),
+        error: None,
+    })
 }
 
 fn created(t: &TaskSnapshot) -> Change {

@@ -329,7 +329,15 @@ impl Writer {
         let mut new_tids = Vec::new();
         let mut finished = Vec::new();
         let mut grown = Vec::new();
-        for change in changes {
+        // Only the last status change of a task in a group needs writing: a fast task goes
+        // from sent to completed within one group.
+        let mut last_update: HashMap<TaskId, usize> = HashMap::new();
+        for (i, change) in changes.iter().enumerate() {
+            if let Change::Updated(u) = change {
+                last_update.insert(u.id, i);
+            }
+        }
+        for (i, change) in changes.iter().enumerate() {
             match change {
                 Change::Created { task, origin } => {
                     tx.prepare_cached(
@@ -350,6 +358,7 @@ impl Writer {
                     new_tids.push((task.id, tx.last_insert_rowid()));
                     rows.tids.insert(task.id, tx.last_insert_rowid());
                 }
+                Change::Updated(task) if last_update.get(&task.id) != Some(&i) => {}
                 Change::Updated(task) => {
                     let Some(tid) = rows.tid(&tx, task.id)? else {
                         continue;
@@ -364,7 +373,7 @@ impl Writer {
                         micros(task.updated_at),
                         task.finished_at.map(micros),
                         task.exit_code,
-                        task.error,
+                        task.error.as_deref(),
                     ])?;
                     if task.status.is_final() {
                         finished.push((task.id, tid));

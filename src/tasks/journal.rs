@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::events::TaskEvent;
-use super::model::{TaskFilter, TaskId, TaskSnapshot};
+use super::model::{TaskFilter, TaskId, TaskSnapshot, TaskStatus};
 
 /// Who asked for a state change, as the audit trail and the task record show it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -48,6 +48,23 @@ pub struct AuditEntry {
     pub outcome: String,
 }
 
+/// What a status change writes to a task's record: only what can change after creation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskUpdate {
+    /// The task.
+    pub id: TaskId,
+    /// Its new status.
+    pub status: TaskStatus,
+    /// When it changed.
+    pub updated_at: SystemTime,
+    /// When it became final.
+    pub finished_at: Option<SystemTime>,
+    /// The exit code, if reported.
+    pub exit_code: Option<i32>,
+    /// Why it failed, timed out or was cancelled.
+    pub error: Option<Arc<str>>,
+}
+
 /// Something the manager changed, in the order it changed it.
 #[derive(Clone, Debug)]
 pub enum Change {
@@ -59,7 +76,7 @@ pub enum Change {
         origin: Origin,
     },
     /// A task's status, exit code, error or timestamps changed.
-    Updated(TaskSnapshot),
+    Updated(TaskUpdate),
     /// The retained output of a task was cut at its bound.
     Truncated {
         /// The task.

@@ -19,7 +19,9 @@ use super::config::ManagerConfig;
 use super::error::TaskError;
 use super::events::{Coalesce, EventKind, Listener, ListenerSet, TaskEvent};
 use super::gateway::{AgentGateway, GatewayError};
-use super::journal::{AgentProcess, AuditEntry, Change, Committed, Journal, Origin, Page};
+use super::journal::{
+    AgentProcess, AuditEntry, Change, Committed, Journal, Origin, Page, TaskUpdate,
+};
 use super::model::{
     AgentCommand, AgentReport, TaskFilter, TaskId, TaskSnapshot, TaskSpec, TaskStatus,
 };
@@ -899,7 +901,19 @@ impl Inner {
                 reason,
             },
         );
-        self.emit(|| vec![Change::Updated(task.snapshot(false))], event);
+        self.emit(
+            || {
+                vec![Change::Updated(TaskUpdate {
+                    id: task.id,
+                    status: task.status,
+                    updated_at: task.updated_at,
+                    finished_at: task.finished_at,
+                    exit_code: task.exit_code,
+                    error: task.error.clone(),
+                })]
+            },
+            event,
+        );
         if new.is_final() {
             if let Some(key) = timer {
                 self.timers.cancel(key);

@@ -26,7 +26,7 @@ pub use events::{Coalesce, Delivery, EventKind, Listener, TaskEvent};
 pub use gateway::{AgentGateway, GatewayError};
 pub use journal::{
     AfterCommit, AgentProcess, AuditEntry, Change, Committed, Journal, Origin, Page, Reloaded,
-    Ticket, Unavailable,
+    TaskUpdate, Ticket, Unavailable,
 };
 pub use manager::{Replay, TaskManager};
 pub use model::{
