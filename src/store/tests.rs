@@ -86,7 +86,7 @@ fn finished(t: &TaskSnapshot) -> Change {
 
 fn created(t: &TaskSnapshot) -> Change {
     Change::Created {
-        task: t.clone(),
+        task: Box::new(t.clone()),
         origin: Origin {
             actor: Arc::from("ops"),
             peer: Arc::from("127.0.0.1:4000"),

@@ -71,7 +71,7 @@ pub enum Change {
     /// A new task, before it is sent to its agent.
     Created {
         /// The task as created (no output).
-        task: TaskSnapshot,
+        task: Box<TaskSnapshot>,
         /// Who created it.
         origin: Origin,
     },

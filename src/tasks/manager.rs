@@ -481,7 +481,7 @@ impl Inner {
                 ticket = self.emit(
                     || {
                         vec![Change::Created {
-                            task: task.snapshot(false),
+                            task: Box::new(task.snapshot(false)),
                             origin: origin.clone(),
                         }]
                     },
