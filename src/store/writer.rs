@@ -355,8 +355,11 @@ impl Writer {
                         &*origin.actor,
                         &*origin.peer,
                     ])?;
-                    new_tids.push((task.id, tx.last_insert_rowid()));
-                    rows.tids.insert(task.id, tx.last_insert_rowid());
+                    let tid = tx.last_insert_rowid();
+                    new_tids.push((task.id, tid));
+                    rows.tids.insert(task.id, tid);
+                    // A new task has stored no output: no need to ask the table later.
+                    rows.stored_bytes.insert(tid, (0, 0));
                 }
                 Change::Updated(task) if last_update.get(&task.id) != Some(&i) => {}
                 Change::Updated(task) => {
@@ -454,8 +457,9 @@ impl Writer {
         }
         if let Err(e) = tx.commit() {
             // The rows of this group are gone: forget the row ids it assigned.
-            for (id, _) in new_tids {
+            for (id, tid) in new_tids {
                 rows.tids.remove(&id);
+                rows.stored_bytes.remove(&tid);
             }
             return Err(e.into());
         }
