@@ -326,9 +326,12 @@ fn after_a_restart_a_task_the_agent_never_got_is_sent_again_and_one_it_lost_fail
     let mut out = agent.output(&started, "half\n");
     out.seq = 1;
     agent.send(out, false);
-    wait_until("the output is durable", Duration::from_secs(10), || {
-        c.get(&format!("/tasks/{started}")).json()["stdout"] == "half\n"
-    });
+    // The server acknowledges the response once it is durable (not merely applied).
+    let ack = agent.next_request();
+    match ack.task {
+        Some(Task::ResponseAck(a)) => assert_eq!(a.upto, 1, "the acknowledgement"),
+        other => panic!("expected the acknowledgement of response 1, got {other:?}"),
+    }
     server.proc.signal(libc::SIGKILL);
     server.proc.child.wait().expect("reaped");
     drop(agent);
