@@ -5,6 +5,11 @@
 //! outbox to the stream. Tasks keep running while disconnected; their responses wait in the
 //! outbox and go out after the next connect. gRPC keepalive pings (10 s, 10 s timeout) make a
 //! dead server noticed within about 20 s.
+//!
+//! The agent announces acknowledgements in its metadata; a server that takes them answers
+//! first with a `ResponseAck`, and from then on a written response stays in the outbox until
+//! acknowledged (sent again after a reconnect). Any other first message, or none within
+//! `hello_wait`, means an original server: each response is written once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
