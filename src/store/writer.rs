@@ -171,6 +171,9 @@ pub(crate) struct Writer {
     cfg: WriterConfig,
     shared: Arc<Shared>,
     rows: Rows,
+    /// The bounds of the retention pass under way: (finished before, row id at or below),
+    /// found once per pass, since finding the count bound walks `--retention-tasks` rows.
+    retention_pass: Option<(i64, i64)>,
 }
 
 /// What the writer remembers of rows it wrote: task row ids and output bytes stored per task.
@@ -197,6 +200,7 @@ impl Writer {
             cfg,
             shared,
             rows: Rows::default(),
+            retention_pass: None,
         }
     }
 
@@ -229,6 +233,7 @@ impl Writer {
                         Ok(true) => Instant::now(), // more to delete, after queued work
                         Ok(false) => Instant::now() + self.cfg.maintenance_every,
                         Err(e) => {
+                            self.retention_pass = None;
                             log::warn!("Store: retention step failed: {e}");
                             Instant::now() + self.cfg.maintenance_every
                         }
@@ -473,17 +478,24 @@ impl Writer {
     /// Deletes one batch of tasks past retention (with their events); true if more remain.
     fn maintenance_step(&mut self) -> Result<bool, StoreError> {
         const BATCH: i64 = 256;
-        let cutoff =
-            micros(SystemTime::now()) - self.cfg.retention.as_micros().min(i64::MAX as u128) as i64;
-        let count_cut: i64 = self
-            .conn
-            .prepare_cached("SELECT tid FROM tasks ORDER BY tid DESC LIMIT 1 OFFSET ?1")?
-            .query_row(
-                [self.cfg.retention_tasks.min(i64::MAX as u64) as i64],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
+        let (cutoff, count_cut) = match self.retention_pass {
+            Some(bounds) => bounds,
+            None => {
+                let cutoff = micros(SystemTime::now())
+                    - self.cfg.retention.as_micros().min(i64::MAX as u128) as i64;
+                let count_cut: i64 = self
+                    .conn
+                    .prepare_cached("SELECT tid FROM tasks ORDER BY tid DESC LIMIT 1 OFFSET ?1")?
+                    .query_row(
+                        [self.cfg.retention_tasks.min(i64::MAX as u64) as i64],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                self.retention_pass = Some((cutoff, count_cut));
+                (cutoff, count_cut)
+            }
+        };
         let tx = self.conn.transaction()?;
         let doomed: Vec<i64> = tx
             .prepare_cached(
@@ -513,7 +525,8 @@ impl Writer {
         }
         let more = doomed.len() as i64 == BATCH;
         if !more {
-            // Give freed pages back in small steps; each step is its own short write.
+            self.retention_pass = None; // the next pass measures afresh
+                                        // Give freed pages back in small steps; each step is its own short write.
             let mut stmt = self
                 .conn
                 .prepare_cached("PRAGMA incremental_vacuum(2048)")?;
