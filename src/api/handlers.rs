@@ -210,9 +210,7 @@ fn filter(query: &Query, agent: Option<&str>) -> Result<TaskFilter, ApiError> {
 
 /// Cursors come from the store (`t…`) or, in memory only, from the registry (`m…`).
 fn valid_cursor(c: &str) -> bool {
-    crate::store::Store::valid_cursor(c)
-        || c.strip_prefix('m')
-            .is_some_and(|h| !h.is_empty() && u64::from_str_radix(h, 16).is_ok())
+    crate::store::Store::valid_cursor(c) || crate::tasks::parse_memory_cursor(c).is_some()
 }
 
 /// An RFC 3339 time parameter (`2026-12-01T21:00:00Z`, `2026-12-01T22:00:00+01:00`).

@@ -33,5 +33,6 @@ pub use model::{
     AgentCommand, AgentReport, DockerOp, OutputSnapshot, ReportStatus, TaskFilter, TaskId,
     TaskSnapshot, TaskSpec, TaskStatus,
 };
+pub use registry::parse_cursor as parse_memory_cursor;
 pub use response_thread::ReportSink;
 pub use stats::{DurationHistogram, Stats, DURATION_BUCKETS};

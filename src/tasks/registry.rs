@@ -160,6 +160,17 @@ impl Task {
     }
 }
 
+/// The cursor after the task of creation order `order` (in memory only; the store has its own).
+fn cursor(order: u64) -> String {
+    format!("m{order:x}")
+}
+
+/// The creation order a cursor of [`cursor`] names; `None` for anything else.
+pub fn parse_cursor(c: &str) -> Option<u64> {
+    let hex = c.strip_prefix('m').filter(|h| !h.is_empty())?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
 /// What inserting a task did to make room.
 #[derive(Debug, Default)]
 pub struct Inserted {
@@ -380,8 +391,7 @@ impl Registry {
         let below = filter
             .cursor
             .as_deref()
-            .and_then(|c| c.strip_prefix('m'))
-            .and_then(|c| u64::from_str_radix(c, 16).ok())
+            .and_then(parse_cursor)
             .unwrap_or(u64::MAX);
         let mut page = Page::default();
         let mut matching = self
@@ -395,7 +405,7 @@ impl Registry {
             .filter(|(_, t)| filter.until.is_none_or(|u| t.created_at < u));
         for (order, t) in matching.by_ref().take(limit) {
             page.tasks.push(t.snapshot(false));
-            page.next_cursor = Some(format!("m{order:x}"));
+            page.next_cursor = Some(cursor(order));
         }
         if matching.next().is_none() {
             page.next_cursor = None;
