@@ -274,10 +274,9 @@ mod tests {
         }
     }
 
-    /// The link's threads call the directory and the manager without ordering between
-    /// them: the old stream's end may be handled around the new stream's start.
-    #[test]
-    fn a_reconnect_racing_the_old_streams_end_keeps_the_agents_tasks() {
+    /// A directory and a manager with a short disconnect grace, the manager reaching agents
+    /// through the directory.
+    fn directory_and_manager() -> (Arc<AgentDirectory>, TaskManager) {
         let dir = Arc::new(AgentDirectory::default());
         let cfg = ManagerConfig {
             disconnect_grace: Duration::from_millis(30),
@@ -285,6 +284,14 @@ mod tests {
             ..ManagerConfig::default()
         };
         let m = TaskManager::start(cfg, dir.clone()).expect("starts");
+        (dir, m)
+    }
+
+    /// The link's threads call the directory and the manager without ordering between
+    /// them: the old stream's end may be handled around the new stream's start.
+    #[test]
+    fn a_reconnect_racing_the_old_streams_end_keeps_the_agents_tasks() {
+        let (dir, m) = directory_and_manager();
         let s1 = dir.register("a1".into(), "p".into()).expect("first stream");
         let marker = dir.register("marker".into(), "p".into()).expect("marker");
         let before = m.send_task("a1", sleep_task(), None).expect("sent").id;
@@ -314,13 +321,7 @@ mod tests {
 
     #[test]
     fn an_agent_that_stays_away_loses_its_tasks_after_the_grace() {
-        let dir = Arc::new(AgentDirectory::default());
-        let cfg = ManagerConfig {
-            disconnect_grace: Duration::from_millis(30),
-            timer_tick: Duration::from_millis(5),
-            ..ManagerConfig::default()
-        };
-        let m = TaskManager::start(cfg, dir.clone()).expect("starts");
+        let (dir, m) = directory_and_manager();
         let s1 = dir.register("a1".into(), "p".into()).expect("stream");
         let t = m.send_task("a1", sleep_task(), None).expect("sent").id;
         let gone = dir.unregister("a1", s1.session_id).expect("was current");
