@@ -174,7 +174,7 @@ fn a_token_file_readable_by_others_draws_a_warning_and_tokens_stay_out_of_logs()
             "--grpc-addr",
             "127.0.0.1:0",
         ])
-        .args(["--api-token", "very-secret-api-token"])
+        .args(["--api-token", "very-secret-api-token", "--in-memory"])
         .arg("--agent-tokens")
         .arg(&file)
         .env("RUST_LOG", "debug")
